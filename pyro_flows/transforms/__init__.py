@@ -1,0 +1,1 @@
+"""Every flow of pyro_flows as a Pyro TransformModule."""

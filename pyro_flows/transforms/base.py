@@ -1,0 +1,289 @@
+"""The contract every pyro_flows transform meets: a safe cache, a module-valued inverse."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from pyro.distributions import TransformModule
+from pyro.distributions.conditional import ConditionalTransformModule
+from pyro.distributions.torch_transform import ComposeTransformModule
+from torch import Tensor
+from torch.distributions import constraints
+
+from .._validation import check_finite, check_last_dim, check_positive_int
+
+__all__ = [
+    "Compose",
+    "ConditionalCompose",
+    "ConditionalFlowTransform",
+    "FlowTransform",
+    "InverseFlowTransform",
+    "broadcast_context",
+]
+
+
+def _state_key(module: torch.nn.Module) -> tuple:
+    """A key that changes whenever a parameter or buffer is updated in place or moved.
+
+    ``optimizer.step()``, ``load_state_dict`` and ``.to()`` all change it, so a cache keyed on it
+    can never answer with values computed from old parameters (Pyro issue #2564).
+    """
+    key = [torch.is_grad_enabled()]
+    for t in module.parameters():
+        key.append((t._version, t.data_ptr()))
+    for t in module.buffers():
+        key.append((t._version, t.data_ptr()))
+    return tuple(key)
+
+
+def _cache_valid(saved: tuple, now: tuple) -> bool:
+    # A value computed with gradients on may serve a no-grad call, not the reverse.
+    return saved[1:] == now[1:] and (saved[0] or not now[0])
+
+
+def broadcast_context(x: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
+    """Expands ``x`` of shape ``(*b1, D)`` and ``context`` of shape ``(*b2, C)`` to one batch shape."""
+    batch = torch.broadcast_shapes(x.shape[:-1], context.shape[:-1])
+    return x.expand(*batch, x.shape[-1]), context.expand(*batch, context.shape[-1])
+
+
+class FlowTransform(TransformModule):
+    r"""Base class of the bijective vector transforms of pyro_flows.
+
+    A subclass implements :meth:`_call_and_ladj` (and :meth:`_inverse_and_ladj`); this class
+    turns them into Pyro's ``_call``/``_inverse``/``log_abs_det_jacobian`` triple, keeping the
+    :math:`\log|\det J|` computed by either direction so that scoring the output of a pass costs
+    nothing more.
+
+    Unlike Pyro's and torch's transforms, the cache is keyed on the identity of the tensors *and*
+    on the version of every parameter: after an optimizer step a transform recomputes, so the
+    same data tensor can be scored at every step (Pyro issue #2564), and ``t.inv`` is itself a
+    module that exposes the parameters (Pyro issue #2543).
+
+    Arguments:
+        input_dim: The size :math:`D` of the event; inputs have shape ``(*batch, D)``.
+        cache_size: 1 (default) to reuse the last ``(x, y)`` pair, 0 to never cache.
+    """
+
+    domain = constraints.real_vector
+    codomain = constraints.real_vector
+    bijective = True
+
+    def __init__(self, input_dim: int, cache_size: int = 1) -> None:
+        super().__init__(cache_size=cache_size)
+        self.input_dim = check_positive_int(input_dim, "input_dim")
+        self._saved = None  # (x, y, ladj, state key) of the last pass
+
+    # -- to be implemented by subclasses -------------------------------------------------------
+    def _call_and_ladj(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Returns ``y = f(x)`` and ``log|det df/dx|`` of shape ``x.shape[:-1]``."""
+        raise NotImplementedError
+
+    def _inverse_and_ladj(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Returns ``x = f^{-1}(y)`` and the *forward* ``log|det df/dx|`` at that ``x``."""
+        raise NotImplementedError
+
+    def _ladj(self, x: Tensor, y: Tensor) -> Tensor:
+        """``log|det df/dx|`` for an (x, y) pair that is not cached; recomputes from ``x``."""
+        return self._call_and_ladj(x)[1]
+
+    # -- Pyro/torch transform interface --------------------------------------------------------
+    @property
+    def sign(self) -> int:
+        """The sign of :math:`\\det J` for one-dimensional events (always +1: orientation kept)."""
+        return 1
+
+    def _call(self, x: Tensor) -> Tensor:
+        check_last_dim(x, self.input_dim, "x")
+        y, ladj = self._call_and_ladj(x)
+        self._saved = (x, y, ladj, _state_key(self))
+        return y
+
+    def _inverse(self, y: Tensor) -> Tensor:
+        check_last_dim(y, self.input_dim, "y")
+        x, ladj = self._inverse_and_ladj(y)
+        self._saved = (x, y, ladj, _state_key(self))
+        return x
+
+    def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
+        """Returns :math:`\\log|\\det \\partial y/\\partial x|`, shape ``x.shape[:-1]``."""
+        saved = self._saved
+        if saved is not None and saved[0] is x and saved[1] is y:
+            if _cache_valid(saved[3], _state_key(self)):
+                return saved[2]
+        return self._ladj(x, y)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if self._cache_size == 1:
+            saved = self._saved
+            if saved is not None and saved[0] is x and _cache_valid(saved[3], _state_key(self)):
+                return saved[1]
+        return self._call(x)
+
+    def _inv_call(self, y: Tensor) -> Tensor:
+        if self._cache_size == 1:
+            saved = self._saved
+            if saved is not None and saved[1] is y and _cache_valid(saved[3], _state_key(self)):
+                return saved[0]
+        return self._inverse(y)
+
+    def clear_cache(self) -> None:
+        """Forgets the last pass (never needed for correctness; frees its tensors)."""
+        self._saved = None
+
+    def with_cache(self, cache_size: int = 1) -> FlowTransform:
+        """Returns this transform with caching switched on (1) or off (0), sharing parameters."""
+        if cache_size not in (0, 1):
+            raise ValueError(f"cache_size must be 0 or 1, got {cache_size}")
+        self._cache_size = cache_size
+        return self
+
+    @property
+    def inv(self) -> InverseFlowTransform:
+        """The inverse transform, itself a module holding this one's parameters."""
+        inv = self.__dict__.get("_inv")
+        if inv is None:
+            inv = InverseFlowTransform(self)
+            # Plain attribute, not a submodule: registering it would make a cycle of modules.
+            self.__dict__["_inv"] = inv
+        return inv
+
+    def forward_shape(self, shape: torch.Size) -> torch.Size:  # noqa: D102
+        return shape
+
+    def inverse_shape(self, shape: torch.Size) -> torch.Size:  # noqa: D102
+        return shape
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["_saved"] = None
+        return state
+
+    def __hash__(self) -> int:
+        return id(self)
+
+
+class InverseFlowTransform(TransformModule):
+    """The inverse of a :class:`FlowTransform`; a module, so its parameters stay visible."""
+
+    bijective = True
+
+    def __init__(self, base: FlowTransform) -> None:
+        super().__init__(cache_size=base._cache_size)
+        self.base = base
+
+    @constraints.dependent_property(is_discrete=False)
+    def domain(self) -> constraints.Constraint:  # noqa: D102
+        return self.base.codomain
+
+    @constraints.dependent_property(is_discrete=False)
+    def codomain(self) -> constraints.Constraint:  # noqa: D102
+        return self.base.domain
+
+    @property
+    def sign(self) -> int:  # noqa: D102
+        return self.base.sign
+
+    @property
+    def inv(self) -> FlowTransform:  # noqa: D102
+        return self.base
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self.base._inv_call(x)
+
+    def _inv_call(self, y: Tensor) -> Tensor:
+        return self.base(y)
+
+    def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:  # noqa: D102
+        return -self.base.log_abs_det_jacobian(y, x)
+
+    def with_cache(self, cache_size: int = 1) -> InverseFlowTransform:  # noqa: D102
+        return self.base.with_cache(cache_size).inv
+
+    def forward_shape(self, shape: torch.Size) -> torch.Size:  # noqa: D102
+        return self.base.inverse_shape(shape)
+
+    def inverse_shape(self, shape: torch.Size) -> torch.Size:  # noqa: D102
+        return self.base.forward_shape(shape)
+
+    def clear_cache(self) -> None:  # noqa: D102
+        self.base.clear_cache()
+
+    def __hash__(self) -> int:
+        return id(self)
+
+
+class ConditionalFlowTransform(ConditionalTransformModule):
+    """Base class of conditional transforms: ``.condition(context)`` gives a :class:`FlowTransform`.
+
+    Arguments:
+        input_dim: The size :math:`D` of the event.
+        context_dim: The size :math:`C` of the context; a context has shape ``(*batch, C)`` and
+            broadcasts against the batch shape of the input.
+    """
+
+    def __init__(self, input_dim: int, context_dim: int) -> None:
+        super().__init__()
+        self.input_dim = check_positive_int(input_dim, "input_dim")
+        self.context_dim = check_positive_int(context_dim, "context_dim")
+
+    def condition(self, context: Tensor) -> FlowTransform:
+        """Returns the transform for ``context`` (shape ``(C,)`` or ``(*batch, C)``)."""
+        if context is None:
+            raise ValueError(
+                f"{type(self).__name__} is conditional: pass a context of shape "
+                f"(..., {self.context_dim})"
+            )
+        check_last_dim(context, self.context_dim, "context")
+        check_finite(context, "context")
+        return self._condition(context)
+
+    def _condition(self, context: Tensor) -> FlowTransform:
+        raise NotImplementedError
+
+    def __hash__(self) -> int:
+        return id(self)
+
+
+class Compose(ComposeTransformModule):
+    """A chain of transform modules whose inverse is a module too (parameters stay visible)."""
+
+    def __init__(self, parts: list[torch.nn.Module], cache_size: int = 0) -> None:
+        super().__init__(parts, cache_size=cache_size)
+
+    @property
+    def inv(self) -> Compose:
+        """The inverse chain, built from the parts' inverses in reverse order."""
+        inv = self.__dict__.get("_inv")
+        if inv is None:
+            inv = Compose([p.inv for p in reversed(self.parts)])
+            self.__dict__["_inv"] = inv
+            inv.__dict__["_inv"] = self
+        return inv
+
+    def clear_cache(self) -> None:
+        """Forgets the cached pass of every part."""
+        for p in self.parts:
+            p.clear_cache()
+
+    def __hash__(self) -> int:
+        return id(self)
+
+
+class ConditionalCompose(ConditionalTransformModule, torch.nn.ModuleList):
+    """A chain mixing conditional and plain transforms; ``.condition(c)`` gives a :class:`Compose`."""
+
+    def __init__(self, parts: list[torch.nn.Module]) -> None:
+        super().__init__()
+        for part in parts:
+            self.append(part)
+
+    def condition(self, context: Tensor) -> Compose:
+        """Conditions every conditional part on ``context``; plain parts pass through."""
+        return Compose(
+            [p.condition(context) if isinstance(p, ConditionalTransformModule) else p for p in self]
+        )
+
+    def __hash__(self) -> int:
+        return id(self)
