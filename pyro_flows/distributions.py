@@ -1,1 +1,92 @@
-"""Placeholder (being written)."""
+"""A normalizing flow as a module that gives Pyro distributions (conditional ones too)."""
+
+from __future__ import annotations
+
+import pyro.distributions as dist
+import torch
+from pyro.distributions.conditional import ConditionalTransformModule
+from torch import Tensor, nn
+
+from ._validation import check_finite, check_last_dim, check_positive_int
+
+__all__ = ["NormalizingFlow"]
+
+
+class NormalizingFlow(nn.Module):
+    r"""A standard normal base pushed through a transform: :math:`x = f(z)`, :math:`z \sim N(0, I)`.
+
+    .. math:: \log q(x \mid c) = \log N(f_c^{-1}(x); 0, I)
+              - \log\left|\det \frac{\partial f_c}{\partial z}\right|_{z = f_c^{-1}(x)}
+
+    Calling the module gives a :class:`pyro.distributions.TransformedDistribution`, so it can be
+    used wherever Pyro takes a distribution, e.g. ``pyro.sample("x", flow(context))`` after
+    ``pyro.module("flow", flow)`` registers its parameters. ``log_prob``, ``sample`` and
+    ``rsample`` are shortcuts that also check their inputs (event shape, NaN/inf).
+
+    The base distribution is held in buffers, so ``.to(device)`` and ``.to(torch.float64)``
+    move everything.
+
+    Arguments:
+        transform: A ``TransformModule`` mapping base noise to data, or a
+            ``ConditionalTransformModule`` for a conditional density :math:`q(x \mid c)`.
+        input_dim: The event size :math:`D`.
+        context_dim: The context size :math:`C` of a conditional transform.
+
+    Example:
+        >>> from pyro_flows.flows import build
+        >>> flow = NormalizingFlow(build("maf", 2, num_layers=2), 2)
+        >>> x = flow.sample((3,))
+        >>> flow.log_prob(x).shape
+        torch.Size([3])
+    """
+
+    def __init__(self, transform: nn.Module, input_dim: int, context_dim: int | None = None):
+        super().__init__()
+        self.input_dim = check_positive_int(input_dim, "input_dim")
+        self.conditional = isinstance(transform, ConditionalTransformModule)
+        if self.conditional and context_dim is None:
+            raise ValueError("context_dim is required for a conditional transform")
+        if context_dim is not None:
+            if not self.conditional:
+                raise ValueError("context_dim was given but the transform is not conditional")
+            check_positive_int(context_dim, "context_dim")
+        self.context_dim = context_dim
+        self.transform = transform
+        self.register_buffer("base_loc", torch.zeros(input_dim))
+        self.register_buffer("base_scale", torch.ones(input_dim))
+
+    def forward(self, context: Tensor | None = None) -> dist.TransformedDistribution:
+        r"""Returns the distribution :math:`q(x)` or, for a conditional flow, :math:`q(x \mid c)`.
+
+        A context of shape ``(*batch, C)`` gives a distribution with batch shape ``batch``.
+        """
+        base = dist.Normal(self.base_loc, self.base_scale).to_event(1)
+        if not self.conditional:
+            if context is not None:
+                raise ValueError("context was given but this flow is not conditional")
+            return dist.TransformedDistribution(base, [self.transform])
+        if context is None:
+            raise ValueError(
+                f"this flow is conditional: pass a context of shape (..., {self.context_dim})"
+            )
+        base = base.expand(context.shape[:-1])
+        return dist.TransformedDistribution(base, [self.transform.condition(context)])
+
+    def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        r"""Returns :math:`\log q(x \mid c)` of shape ``x.shape[:-1]`` (broadcast with the context)."""
+        check_last_dim(x, self.input_dim, "x")
+        check_finite(x, "x")
+        return self(context).log_prob(x)
+
+    def rsample(
+        self, sample_shape: torch.Size | tuple = (), context: Tensor | None = None
+    ) -> Tensor:
+        """Draws reparametrised samples of shape ``sample_shape + context batch + (D,)``."""
+        return self(context).rsample(torch.Size(sample_shape))
+
+    def sample(
+        self, sample_shape: torch.Size | tuple = (), context: Tensor | None = None
+    ) -> Tensor:
+        """Draws samples without gradients (shapes as :meth:`rsample`)."""
+        with torch.no_grad():
+            return self(context).sample(torch.Size(sample_shape))

@@ -1,1 +1,188 @@
-"""Placeholder (being written)."""
+"""Build a flow by name: K layers of one family with permutations in between."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pyro.distributions.transforms as pyro_transforms
+from torch import nn
+
+from . import transforms as T
+from ._validation import check_choice, check_positive_int
+from .distributions import NormalizingFlow
+
+__all__ = ["FAMILIES", "Family", "build", "normalizing_flow", "register_family"]
+
+
+@dataclass(frozen=True)
+class Family:
+    """How to build one layer of a flow family.
+
+    Arguments:
+        make: ``make(input_dim, **kwargs)`` returns a layer (a :class:`~pyro_flows.transforms.
+            FlowTransform` or a Pyro transform module, which is then wrapped).
+        make_conditional: ``make_conditional(input_dim, context_dim, **kwargs)``, or None.
+        min_dim: The smallest event size the family accepts.
+        invertible: False for families without an analytic inverse (NAF, BNAF): they can
+            sample and score their own samples, but not score data.
+        fast_direction: ``"density"`` when scoring data takes one pass (MAF, coupling),
+            ``"sample"`` when sampling and scoring own samples take one pass (IAF, NAF), or
+            ``"both"``.
+    """
+
+    make: Callable[..., nn.Module]
+    make_conditional: Callable[..., nn.Module] | None = None
+    min_dim: int = 1
+    invertible: bool = True
+    fast_direction: str = "both"
+
+
+def _pyro(name: str) -> Callable[..., nn.Module]:
+    return getattr(pyro_transforms, name)
+
+
+FAMILIES: dict[str, Family] = {
+    "planar": Family(T.planar, T.conditional_planar, fast_direction="sample"),
+    "radial": Family(T.radial, T.conditional_radial),
+    "affine_coupling": Family(T.affine_coupling, T.conditional_affine_coupling, min_dim=2),
+    "maf": Family(T.maf, T.conditional_maf, min_dim=2, fast_direction="density"),
+    "iaf": Family(T.iaf, T.conditional_iaf, min_dim=2, fast_direction="sample"),
+    # Pyro's families, wrapped (see pyro_flows.transforms.PyroTransform):
+    "spline": Family(_pyro("spline"), _pyro("conditional_spline")),
+    "spline_coupling": Family(_pyro("spline_coupling"), min_dim=2),
+    "spline_autoregressive": Family(
+        _pyro("spline_autoregressive"), _pyro("conditional_spline_autoregressive"), min_dim=2
+    ),
+    "neural_autoregressive": Family(
+        _pyro("neural_autoregressive"),
+        _pyro("conditional_neural_autoregressive"),
+        min_dim=2,
+        invertible=False,
+        fast_direction="sample",
+    ),
+    "block_autoregressive": Family(
+        _pyro("block_autoregressive"), min_dim=2, invertible=False, fast_direction="sample"
+    ),
+}
+_ALIASES = {
+    "realnvp": "affine_coupling",
+    "nsf": "spline_coupling",
+    "naf": "neural_autoregressive",
+    "bnaf": "block_autoregressive",
+}
+
+
+def register_family(name: str, family: Family) -> None:
+    """Makes a family available to :func:`build` under ``name`` (later issues add theirs here)."""
+    FAMILIES[name] = family
+
+
+def _family(name: str) -> tuple[str, Family]:
+    name = _ALIASES.get(name, name)
+    check_choice(name, tuple(FAMILIES) + tuple(_ALIASES), "flow")
+    return name, FAMILIES[name]
+
+
+def _wrap(layer: nn.Module, family: Family, input_dim: int, context_dim: int | None) -> nn.Module:
+    if isinstance(layer, (T.FlowTransform, T.ConditionalFlowTransform)):
+        return layer
+    if context_dim:
+        return T.ConditionalPyroTransform(layer, input_dim, context_dim, family.invertible)
+    return T.PyroTransform(layer, input_dim, invertible=family.invertible)
+
+
+def _accepts(fn: Callable[..., Any], arg: str) -> bool:
+    return arg in inspect.signature(fn).parameters
+
+
+def build(
+    name: str,
+    input_dim: int,
+    num_layers: int = 5,
+    *,
+    context_dim: int | None = None,
+    hidden_dims: Sequence[int] | None = None,
+    permutation: str | None = "reverse",
+    **kwargs: Any,
+) -> T.Compose | T.ConditionalCompose:
+    """Stacks ``num_layers`` layers of the family ``name``, with permutations between them.
+
+    Arguments:
+        name: A key of :data:`FAMILIES` (``"planar"``, ``"radial"``, ``"affine_coupling"``,
+            ``"maf"``, ``"iaf"``, Pyro's ``"spline"``, ``"spline_coupling"``,
+            ``"spline_autoregressive"``, ``"neural_autoregressive"``,
+            ``"block_autoregressive"``) or an alias (``"realnvp"``, ``"nsf"``, ``"naf"``,
+            ``"bnaf"``).
+        input_dim: The event size :math:`D`.
+        num_layers: How many layers :math:`K`.
+        context_dim: The context size for a conditional flow, or None.
+        hidden_dims: Hidden layer sizes of each layer's network (for families that have one).
+        permutation: ``"reverse"``, ``"random"`` or None: what goes between two layers.
+        kwargs: Passed to the family's helper (e.g. ``log_scale_bound``, ``count_bins``).
+
+    Returns:
+        A :class:`~pyro_flows.transforms.Compose` (or, with ``context_dim``, a
+        :class:`~pyro_flows.transforms.ConditionalCompose`) mapping base noise to data.
+
+    Example:
+        >>> flow = build("maf", 3, num_layers=2, hidden_dims=[16])
+        >>> flow(torch.randn(5, 3)).shape
+        torch.Size([5, 3])
+    """
+    name, family = _family(name)
+    check_positive_int(input_dim, "input_dim", minimum=family.min_dim)
+    check_positive_int(num_layers, "num_layers")
+    if context_dim is not None:
+        check_positive_int(context_dim, "context_dim")
+        if family.make_conditional is None:
+            raise ValueError(f"flow {name!r} has no conditional variant; drop context_dim")
+    if permutation is not None:
+        check_choice(permutation, ("reverse", "random"), "permutation")
+    make = family.make if context_dim is None else family.make_conditional
+    if hidden_dims is not None:
+        if not _accepts(make, "hidden_dims"):
+            raise ValueError(f"flow {name!r} takes no hidden_dims")
+        kwargs["hidden_dims"] = hidden_dims
+    args = (input_dim,) if context_dim is None else (input_dim, context_dim)
+
+    parts: list[nn.Module] = []
+    for k in range(num_layers):
+        if k > 0 and permutation is not None and input_dim > 1:
+            perm = T.reverse(input_dim) if permutation == "reverse" else T.permutation(input_dim)
+            parts.append(perm)
+        parts.append(_wrap(make(*args, **kwargs), family, input_dim, context_dim))
+    return T.Compose(parts) if context_dim is None else T.ConditionalCompose(parts)
+
+
+def normalizing_flow(
+    name: str,
+    input_dim: int,
+    num_layers: int = 5,
+    *,
+    context_dim: int | None = None,
+    hidden_dims: Sequence[int] | None = None,
+    permutation: str | None = "reverse",
+    **kwargs: Any,
+) -> NormalizingFlow:
+    """Builds a :class:`~pyro_flows.distributions.NormalizingFlow` with :func:`build`'s stack.
+
+    The base is a standard normal; the arguments are those of :func:`build`.
+
+    Example:
+        >>> flow = normalizing_flow("maf", 2, num_layers=3, hidden_dims=[16, 16])
+        >>> flow.log_prob(torch.randn(4, 2)).shape
+        torch.Size([4])
+    """
+    transform = build(
+        name,
+        input_dim,
+        num_layers,
+        context_dim=context_dim,
+        hidden_dims=hidden_dims,
+        permutation=permutation,
+        **kwargs,
+    )
+    return NormalizingFlow(transform, input_dim, context_dim=context_dim)

@@ -1,1 +1,77 @@
-"""Every flow of pyro_flows as a Pyro TransformModule."""
+"""Every flow of pyro_flows as a Pyro ``TransformModule`` (or ``ConditionalTransformModule``).
+
+Each class has a snake_case helper that builds it with correctly sized networks, in the style
+of :mod:`pyro.distributions.transforms`: ``maf(input_dim)``, ``conditional_maf(input_dim,
+context_dim)``, and so on.
+"""
+
+from .autoregressive import (
+    ConditionalInverseAutoregressive,
+    ConditionalMaskedAutoregressive,
+    InverseAutoregressive,
+    MaskedAutoregressive,
+    autoregressive_order,
+    conditional_iaf,
+    conditional_maf,
+    iaf,
+    maf,
+)
+from .base import (
+    Compose,
+    ConditionalCompose,
+    ConditionalFlowTransform,
+    FlowTransform,
+    InverseFlowTransform,
+    broadcast_context,
+)
+from .coupling import (
+    AffineCoupling,
+    ConditionalAffineCoupling,
+    affine_coupling,
+    bounded_log_scale,
+    conditional_affine_coupling,
+    coupling_mask,
+)
+from .external import ConditionalPyroTransform, PyroTransform
+from .permutation import Permutation, permutation, reverse
+from .planar import ConditionalPlanar, ConditionedPlanar, Planar, conditional_planar, planar
+from .radial import ConditionalRadial, ConditionedRadial, Radial, conditional_radial, radial
+
+__all__ = [
+    "AffineCoupling",
+    "Compose",
+    "ConditionalAffineCoupling",
+    "ConditionalCompose",
+    "ConditionalFlowTransform",
+    "ConditionalInverseAutoregressive",
+    "ConditionalMaskedAutoregressive",
+    "ConditionalPlanar",
+    "ConditionalPyroTransform",
+    "ConditionalRadial",
+    "ConditionedPlanar",
+    "ConditionedRadial",
+    "FlowTransform",
+    "InverseAutoregressive",
+    "InverseFlowTransform",
+    "MaskedAutoregressive",
+    "Permutation",
+    "Planar",
+    "PyroTransform",
+    "Radial",
+    "affine_coupling",
+    "autoregressive_order",
+    "bounded_log_scale",
+    "broadcast_context",
+    "conditional_affine_coupling",
+    "conditional_iaf",
+    "conditional_maf",
+    "conditional_planar",
+    "conditional_radial",
+    "coupling_mask",
+    "iaf",
+    "maf",
+    "permutation",
+    "planar",
+    "radial",
+    "reverse",
+]

@@ -91,7 +91,7 @@ class FlowTransform(TransformModule):
     # -- Pyro/torch transform interface --------------------------------------------------------
     @property
     def sign(self) -> int:
-        """The sign of :math:`\\det J` for one-dimensional events (always +1: orientation kept)."""
+        r"""The sign of :math:`\det J` for one-dimensional events (always +1: orientation kept)."""
         return 1
 
     def _call(self, x: Tensor) -> Tensor:
@@ -107,14 +107,15 @@ class FlowTransform(TransformModule):
         return x
 
     def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
-        """Returns :math:`\\log|\\det \\partial y/\\partial x|`, shape ``x.shape[:-1]``."""
+        r"""Returns :math:`\log|\det \partial y/\partial x|`, shape ``x.shape[:-1]``."""
         saved = self._saved
-        if saved is not None and saved[0] is x and saved[1] is y:
-            if _cache_valid(saved[3], _state_key(self)):
-                return saved[2]
+        hit = saved is not None and saved[0] is x and saved[1] is y
+        if hit and _cache_valid(saved[3], _state_key(self)):
+            return saved[2]
         return self._ladj(x, y)
 
     def __call__(self, x: Tensor) -> Tensor:
+        """Computes ``y = f(x)``, answering from the cache when ``x`` is the last input."""
         if self._cache_size == 1:
             saved = self._saved
             if saved is not None and saved[0] is x and _cache_valid(saved[3], _state_key(self)):
@@ -190,6 +191,7 @@ class InverseFlowTransform(TransformModule):
         return self.base
 
     def __call__(self, x: Tensor) -> Tensor:
+        """Computes the inverse of the wrapped transform (sharing its cache)."""
         return self.base._inv_call(x)
 
     def _inv_call(self, y: Tensor) -> Tensor:
@@ -246,7 +248,7 @@ class ConditionalFlowTransform(ConditionalTransformModule):
         return id(self)
 
 
-class Compose(ComposeTransformModule):
+class Compose(ComposeTransformModule, TransformModule):
     """A chain of transform modules whose inverse is a module too (parameters stay visible)."""
 
     def __init__(self, parts: list[torch.nn.Module], cache_size: int = 0) -> None:
@@ -282,7 +284,10 @@ class ConditionalCompose(ConditionalTransformModule, torch.nn.ModuleList):
     def condition(self, context: Tensor) -> Compose:
         """Conditions every conditional part on ``context``; plain parts pass through."""
         return Compose(
-            [p.condition(context) if isinstance(p, ConditionalTransformModule) else p for p in self]
+            [
+                p.condition(context) if isinstance(p, ConditionalTransformModule) else p
+                for p in self
+            ]
         )
 
     def __hash__(self) -> int:

@@ -1,0 +1,391 @@
+"""The conformance suite every pyro_flows transform passes.
+
+A transform joins it with one line in ``TRANSFORMS``: a factory ``make(D)`` returning a
+``TransformModule`` (or a ``ConditionalTransformModule``, which the suite conditions on a
+context of size ``CONTEXT_DIM``), the smallest D it accepts, and whether it can invert data.
+"""
+
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+import pyro
+import pyro.distributions as dist
+import pyro.distributions.transforms as pyro_T
+import pytest
+import torch
+from pyro.distributions import TransformModule
+from pyro.distributions.conditional import ConditionalTransformModule
+from pyro.infer import SVI, Trace_ELBO
+from pyro.infer.autoguide import AutoNormalizingFlow
+from pyro.optim import Adam
+
+import pyro_flows.transforms as T
+from pyro_flows.flows import build
+
+CONTEXT_DIM = 3
+DIMS = (1, 2, 5, 16)
+BATCHES = ((), (7,), (3, 4))
+
+
+@dataclass(frozen=True)
+class Case:
+    make: Callable[[int], torch.nn.Module]
+    min_dim: int = 1
+    invertible: bool = True  # False: no analytic inverse (scores only its own samples)
+    atol: float = 1e-9  # round trip, float64
+    ladj_atol: float = 1e-8  # log|det J| against autograd, float64
+    smooth: bool = True  # density smooth enough to integrate on a grid
+    max_dim: int = 16
+
+
+# Pyro's own families are wrapped, not re-written: they are held to Pyro's float64 precision
+# (its splines and NAF clamp with small epsilons), and Pyro's splines start with densities too
+# peaked for a grid integral. Stacked in 16-D, Pyro's spline inverses (each accurate to ~1e-8)
+# compound to errors of ~1e-2 once parameters move, so they are checked up to 5-D.
+PYRO = {"atol": 1e-6, "ladj_atol": 1e-6}
+PYRO_SPLINE = {"smooth": False, "max_dim": 5, **PYRO}
+
+
+TRANSFORMS = {
+    "planar": Case(T.planar),
+    "radial": Case(T.radial),
+    "conditional_planar": Case(lambda d: T.conditional_planar(d, CONTEXT_DIM, hidden_dims=[24])),
+    "conditional_radial": Case(lambda d: T.conditional_radial(d, CONTEXT_DIM, hidden_dims=[24])),
+    "affine_coupling": Case(lambda d: T.affine_coupling(d, hidden_dims=[24]), min_dim=2),
+    "affine_coupling_alternate": Case(
+        lambda d: T.affine_coupling(d, hidden_dims=[24], mask="alternate", flip=True), min_dim=2
+    ),
+    "maf": Case(lambda d: T.maf(d, hidden_dims=[24]), min_dim=2),
+    "maf_random_order": Case(lambda d: T.maf(d, hidden_dims=[24], order="random"), min_dim=2),
+    "iaf": Case(lambda d: T.iaf(d, hidden_dims=[24]), min_dim=2),
+    "permutation": Case(T.permutation, min_dim=1),
+    "conditional_affine_coupling": Case(
+        lambda d: T.conditional_affine_coupling(d, CONTEXT_DIM, hidden_dims=[24]), min_dim=2
+    ),
+    "conditional_maf": Case(lambda d: T.conditional_maf(d, CONTEXT_DIM, hidden_dims=[24]), 2),
+    "conditional_iaf": Case(lambda d: T.conditional_iaf(d, CONTEXT_DIM, hidden_dims=[24]), 2),
+    # stacks built by name, including Pyro's families behind the same door
+    "build_maf": Case(lambda d: build("maf", d, 3, hidden_dims=[24]), min_dim=2),
+    "build_conditional_realnvp": Case(
+        lambda d: build("realnvp", d, 2, context_dim=CONTEXT_DIM, hidden_dims=[24]), min_dim=2
+    ),
+    "build_planar": Case(lambda d: build("planar", d, 3)),
+    "build_conditional_radial": Case(lambda d: build("radial", d, 2, context_dim=CONTEXT_DIM)),
+    "build_spline": Case(lambda d: build("spline", d, 2), **PYRO_SPLINE),
+    "build_spline_coupling": Case(
+        lambda d: build("spline_coupling", d, 2), min_dim=2, **PYRO_SPLINE
+    ),
+    "build_spline_autoregressive": Case(
+        lambda d: build("spline_autoregressive", d, 2), min_dim=2, **PYRO_SPLINE
+    ),
+    "build_conditional_spline_autoregressive": Case(
+        lambda d: build("spline_autoregressive", d, 2, context_dim=CONTEXT_DIM),
+        min_dim=2,
+        **PYRO_SPLINE,
+    ),
+    "build_naf": Case(lambda d: build("naf", d, 2), min_dim=2, invertible=False, **PYRO),
+    "build_bnaf": Case(lambda d: build("bnaf", d, 2), min_dim=2, invertible=False, **PYRO),
+}
+NAMES = list(TRANSFORMS)
+INVERTIBLE = [n for n in NAMES if TRANSFORMS[n].invertible]
+
+
+# -- helpers ------------------------------------------------------------------------------------
+def make_module(name, dim, seed=0):
+    """Builds the module in float32, moves it to float64 and moves parameters off their init."""
+    torch.manual_seed(seed)
+    module = TRANSFORMS[name].make(dim).to(torch.float64)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.2 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return module
+
+
+def context_for(batch, seed=2):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*batch, CONTEXT_DIM, generator=g, dtype=torch.float64)
+
+
+def as_transform(module, batch=()):
+    if isinstance(module, ConditionalTransformModule):
+        return module.condition(context_for(batch))
+    return module
+
+
+def skip_small(name, dim):
+    if dim < TRANSFORMS[name].min_dim:
+        pytest.skip(f"{name} needs input_dim >= {TRANSFORMS[name].min_dim}")
+    if dim > TRANSFORMS[name].max_dim:
+        pytest.skip(f"{name} is checked up to input_dim {TRANSFORMS[name].max_dim}")
+
+
+def data(batch, dim, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    return 1.5 * torch.randn(*batch, dim, generator=g, dtype=torch.float64)
+
+
+def base_dist(dim, batch=()):
+    zeros = torch.zeros(dim, dtype=torch.float64)
+    return dist.Normal(zeros, 1.0).to_event(1).expand(batch)
+
+
+def batched_jacobian(f, x):
+    """Per-row Jacobians of f on x of shape (*batch, D); checks rows do not interact."""
+    dim = x.shape[-1]
+    flat = x.reshape(-1, dim)
+    n = flat.shape[0]
+    jac = torch.autograd.functional.jacobian(lambda v: f(v.reshape(x.shape)).reshape(n, dim), flat)
+    blocks = jac[torch.arange(n), :, torch.arange(n), :]  # (n, D, D)
+    off = jac.clone()
+    off[torch.arange(n), :, torch.arange(n), :] = 0
+    assert off.abs().max() == 0, "outputs of one row depend on the inputs of another"
+    return blocks.reshape(*x.shape[:-1], dim, dim)
+
+
+# -- 1. contract --------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", NAMES)
+def test_contract(name):
+    module = make_module(name, 5)
+    t = as_transform(module)
+    assert isinstance(module, (TransformModule, ConditionalTransformModule))
+    assert isinstance(t, TransformModule)
+    assert t.domain.event_dim == 1 and t.codomain.event_dim == 1
+    assert t.bijective
+    assert t.inv.inv is t
+    assert isinstance(t.inv, torch.nn.Module)
+    assert set(t.inv.parameters()) == set(t.parameters()) == set(module.parameters())
+    assert repr(t)
+
+
+# -- 2. inverse round trip ----------------------------------------------------------------------
+@pytest.mark.parametrize("batch", BATCHES, ids=str)
+@pytest.mark.parametrize("dim", DIMS)
+@pytest.mark.parametrize("name", INVERTIBLE)
+def test_inverse_round_trip(name, dim, batch):
+    skip_small(name, dim)
+    t = as_transform(make_module(name, dim), batch)
+    x = data(batch, dim)
+    y = t(x)
+    assert y.shape == x.shape and y.dtype == torch.float64
+    atol = TRANSFORMS[name].atol
+    assert t.inv(y) is x  # the cache answers for the pair it just made...
+    assert (t.inv(y.clone()) - x).abs().max() < atol  # ...but not for a fresh tensor
+    y0 = data(batch, dim, seed=4)
+    x0 = t.inv(y0)
+    assert (t(x0.clone()) - y0).abs().max() < atol
+
+
+# -- 3. log|det J| against autograd -------------------------------------------------------------
+@pytest.mark.parametrize("batch", BATCHES, ids=str)
+@pytest.mark.parametrize("dim", DIMS)
+@pytest.mark.parametrize("name", NAMES)
+def test_log_abs_det_jacobian(name, dim, batch):
+    skip_small(name, dim)
+    t = as_transform(make_module(name, dim), batch)
+    x = data(batch, dim)
+    y = t(x)
+    expected = torch.linalg.slogdet(batched_jacobian(t.with_cache(0), x)).logabsdet
+    t.with_cache(1)
+    ladj = t.log_abs_det_jacobian(x, y)
+    atol = TRANSFORMS[name].ladj_atol
+    assert ladj.shape == y.shape[:-1]
+    assert (ladj - expected).abs().max() < atol
+    uncached = t.log_abs_det_jacobian(x.clone(), y.clone())
+    assert (uncached - expected).abs().max() < atol
+    if TRANSFORMS[name].invertible:
+        assert (t.inv.log_abs_det_jacobian(y, x) + expected).abs().max() < atol
+
+
+# -- 4. inside TransformedDistribution ----------------------------------------------------------
+@pytest.mark.parametrize("dim", (2, 5))
+@pytest.mark.parametrize("name", INVERTIBLE)
+def test_transformed_distribution_log_prob(name, dim):
+    skip_small(name, dim)
+    batch = (6,)
+    t = as_transform(make_module(name, dim), batch)
+    y = data(batch, dim)
+    d = dist.TransformedDistribution(base_dist(dim), [t])
+    log_prob = d.log_prob(y)
+    x = t.inv(y.clone())
+    jac = batched_jacobian(t.with_cache(0), x)
+    expected = base_dist(dim).log_prob(x) - torch.linalg.slogdet(jac).logabsdet
+    assert (log_prob - expected).abs().max() < TRANSFORMS[name].ladj_atol
+
+
+@pytest.mark.parametrize(
+    "name", [n for n in INVERTIBLE if TRANSFORMS[n].min_dim <= 2 and TRANSFORMS[n].smooth]
+)
+def test_density_integrates_to_one(name):
+    t = as_transform(make_module(name, 2, seed=5))
+    d = dist.TransformedDistribution(base_dist(2), [t])
+    lim, n = 12.0, 601
+    grid = torch.linspace(-lim, lim, n, dtype=torch.float64)
+    xy = torch.stack(torch.meshgrid(grid, grid, indexing="ij"), -1).reshape(-1, 2)
+    with torch.no_grad():
+        density = d.log_prob(xy).exp().reshape(n, n)
+    h = (grid[1] - grid[0]).item()
+    mass = torch.trapezoid(torch.trapezoid(density, dx=h), dx=h).item()
+    assert abs(mass - 1) < 1e-3
+    assert density.std() > 0.01 * density.mean()  # parameters are non-trivial
+
+
+# -- 5. shapes and gradients --------------------------------------------------------------------
+@pytest.mark.parametrize("name", NAMES)
+def test_sample_shapes_and_gradients(name):
+    dim, batch = 5, (4,)
+    module = make_module(name, dim)
+    t = as_transform(module, batch)
+    assert t.forward_shape(torch.Size((2, *batch, dim))) == (2, *batch, dim)
+    assert t.inverse_shape(torch.Size((2, *batch, dim))) == (2, *batch, dim)
+    d = dist.TransformedDistribution(base_dist(dim, batch), [t])
+    assert d.sample((3,)).shape == (3, *batch, dim)
+    z = d.rsample((3,))
+    assert z.shape == (3, *batch, dim)
+    if TRANSFORMS[name].invertible:
+        loss = -d.log_prob(data((3, *batch), dim)).sum()  # maximum likelihood of data
+    else:  # reverse KL to a standard normal: scores its own samples
+        loss = (d.log_prob(z) + 0.5 * z.pow(2).sum(-1)).sum()
+    assert loss.shape == ()
+    if not list(module.parameters()):
+        return
+    loss.backward()
+    for pname, p in module.named_parameters():
+        assert p.grad is not None, f"{pname} gets no gradient"
+        assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, pname
+
+
+# -- 6. Pyro integration ------------------------------------------------------------------------
+@pytest.mark.parametrize("name", [n for n in NAMES if n != "permutation"])
+def test_svi_with_flow_guide(name):
+    dim = 3
+    module = make_module(name, dim)
+    context = context_for(())
+    target = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+
+    def model():
+        pyro.sample("z", dist.Normal(target, 0.5).to_event(1))
+
+    def guide():
+        pyro.module("flow", module)
+        pyro.sample("z", dist.TransformedDistribution(base_dist(dim), [as_transform(module)]))
+
+    before = [p.detach().clone() for p in module.parameters()]
+    svi = SVI(model, guide, Adam({"lr": 1e-2}), Trace_ELBO())
+    losses = [svi.step() for _ in range(3)]
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert any(not torch.equal(a, b) for a, b in zip(before, module.parameters(), strict=True))
+    assert context is not None
+
+
+@pytest.mark.parametrize("name", ["affine_coupling", "maf", "iaf", "build_spline_coupling"])
+def test_auto_normalizing_flow(name):
+    def model():
+        pyro.sample("a", dist.Normal(0.0, 1.0))
+        pyro.sample("b", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+
+    def init_transform_fn(d):
+        return TRANSFORMS[name].make(d)
+
+    guide = AutoNormalizingFlow(model, partial(pyro_T.iterated, 2, init_transform_fn))
+    svi = SVI(model, guide, Adam({"lr": 1e-2}), Trace_ELBO())
+    assert all(torch.isfinite(torch.tensor([svi.step() for _ in range(2)])))
+
+
+# -- 7. persistence -----------------------------------------------------------------------------
+@pytest.mark.parametrize("name", NAMES)
+def test_state_dict_round_trip(name):
+    dim, batch = 5, (4,)
+    a, b = make_module(name, dim, seed=0), make_module(name, dim, seed=10)
+    buffer = io.BytesIO()
+    torch.save(a.state_dict(), buffer)
+    buffer.seek(0)
+    b.load_state_dict(torch.load(buffer))
+    ta, tb = as_transform(a, batch), as_transform(b, batch)
+    x = data(batch, dim)
+    assert torch.equal(ta(x), tb(x.clone()))
+    assert torch.equal(ta.log_abs_det_jacobian(x, ta(x)), tb.log_abs_det_jacobian(x, tb(x)))
+    if TRANSFORMS[name].invertible:
+        assert torch.equal(ta.inv(x), tb.inv(x.clone()))
+
+
+# -- 8. conditioning ----------------------------------------------------------------------------
+CONDITIONAL = [n for n in NAMES if isinstance(TRANSFORMS[n].make(2), ConditionalTransformModule)]
+
+
+@pytest.mark.parametrize("name", CONDITIONAL)
+def test_conditional_contexts(name):
+    dim = 4
+    module = make_module(name, dim)
+    contexts = context_for((7,))
+    x = data((7,), dim)
+    batched = module.condition(contexts)(x)
+    rows = torch.stack([module.condition(contexts[i])(x[i]) for i in range(7)])
+    assert torch.allclose(batched, rows, rtol=0, atol=1e-12)
+    assert (batched[0] - module.condition(contexts[1])(x[0])).abs().max() > 1e-6
+    # one context for the whole batch, and one point under many contexts
+    assert module.condition(contexts[0])(x).shape == (7, dim)
+    assert module.condition(contexts)(x[0]).shape == (7, dim)
+    with pytest.raises(ValueError, match="context"):
+        module.condition(None)
+    with pytest.raises(ValueError, match="context"):
+        module.condition(torch.zeros(7, CONTEXT_DIM + 1, dtype=torch.float64))
+
+
+# -- 9. no stale cache (Pyro issue #2564) -------------------------------------------------------
+@pytest.mark.parametrize("name", [n for n in INVERTIBLE if n != "permutation"])
+def test_no_stale_cache_after_optimizer_step(name):
+    dim = 3
+    module = make_module(name, dim)
+    t = as_transform(module)
+    d = dist.TransformedDistribution(base_dist(dim), [t])
+    y = data((16,), dim)  # the same data tensor at every step
+    opt = torch.optim.Adam(module.parameters(), lr=0.05)
+    values = []
+    for _ in range(3):
+        opt.zero_grad()
+        loss = -d.log_prob(y).mean()
+        loss.backward()  # a second backward through a stale graph would raise here
+        opt.step()
+        values.append(loss.item())
+        fresh = as_transform(module).inv(y.clone())
+        assert torch.equal(t.inv(y), fresh)  # the inverse uses the new parameters
+    assert len(set(values)) == 3
+
+
+# -- 10. dtype and device (Pyro issue #2761) ----------------------------------------------------
+@pytest.mark.parametrize("name", NAMES)
+def test_no_tensor_created_on_default_device(name):
+    dim, batch = 4, (5,)
+    module = make_module(name, dim)  # built in float32, moved to float64
+    x = data(batch, dim)
+    reference = as_transform(module, batch)(x.clone())
+    t = as_transform(module, batch)
+    # Any tensor made inside a pass without an explicit device would land on "meta"
+    # and fail to mix with the real tensors.
+    with torch.device("meta"):
+        y = t(x)
+        ladj = t.log_abs_det_jacobian(x, y)
+        if TRANSFORMS[name].invertible:
+            x_back = t.inv(y.clone())
+    assert y.dtype == torch.float64 and ladj.dtype == torch.float64
+    assert torch.equal(y, reference)
+    if TRANSFORMS[name].invertible:
+        assert (x_back - x).abs().max() < TRANSFORMS[name].atol
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_float32_works(name):
+    dim = 4
+    torch.manual_seed(0)
+    module = TRANSFORMS[name].make(dim)
+    t = as_transform(module, (5,))
+    if isinstance(module, ConditionalTransformModule):
+        t = module.condition(context_for((5,)).float())
+    x = data((5,), dim).float()
+    y = t(x)
+    assert y.dtype == torch.float32 and torch.isfinite(t.log_abs_det_jacobian(x, y)).all()
+    if TRANSFORMS[name].invertible:
+        assert (t.inv(y.clone()) - x).abs().max() < 1e-3
