@@ -22,8 +22,9 @@ class Family:
     """How to build one layer of a flow family.
 
     Arguments:
-        make: ``make(input_dim, **kwargs)`` returns a layer (a :class:`~pyro_flows.transforms.
-            FlowTransform` or a Pyro transform module, which is then wrapped).
+        make: ``make(input_dim, **kwargs)`` returns a layer: a
+            :class:`~pyro_flows.transforms.FlowTransform`, or a Pyro transform module, which is
+            then wrapped.
         make_conditional: ``make_conditional(input_dim, context_dim, **kwargs)``, or None.
         min_dim: The smallest event size the family accepts.
         invertible: False for families without an analytic inverse (NAF, BNAF): they can
@@ -54,7 +55,10 @@ FAMILIES: dict[str, Family] = {
     "spline": Family(_pyro("spline"), _pyro("conditional_spline")),
     "spline_coupling": Family(_pyro("spline_coupling"), min_dim=2),
     "spline_autoregressive": Family(
-        _pyro("spline_autoregressive"), _pyro("conditional_spline_autoregressive"), min_dim=2
+        _pyro("spline_autoregressive"),
+        _pyro("conditional_spline_autoregressive"),
+        min_dim=2,
+        fast_direction="sample",
     ),
     "neural_autoregressive": Family(
         _pyro("neural_autoregressive"),
