@@ -1,0 +1,71 @@
+"""NormalizingFlow: a module that gives Pyro distributions, plain and conditional."""
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.infer import SVI, Trace_ELBO
+from pyro.optim import Adam
+
+from pyro_flows.flows import normalizing_flow
+
+
+@pytest.mark.parametrize("name", ["planar", "radial", "realnvp", "maf", "iaf", "spline_coupling"])
+def test_shapes_and_registration(name):
+    flow = normalizing_flow(name, 3, num_layers=2)
+    assert isinstance(flow(), dist.TransformedDistribution)
+    assert flow.sample((4, 5)).shape == (4, 5, 3)
+    x = flow.rsample((6,))
+    assert x.requires_grad
+    assert flow.log_prob(x.detach()).shape == (6,)
+    pyro.module("flow", flow)
+    assert set(pyro.get_param_store().keys()) == {
+        f"flow$$${n}" for n, _ in flow.named_parameters()
+    }
+
+
+def test_conditional_shapes():
+    flow = normalizing_flow("maf", 2, num_layers=2, context_dim=4)
+    c = torch.randn(5, 4)
+    assert flow.sample((3,), context=c).shape == (3, 5, 2)
+    assert flow.sample((3,), context=c[0]).shape == (3, 2)
+    assert flow.log_prob(torch.randn(5, 2), c).shape == (5,)
+    assert flow(c).batch_shape == (5,)
+
+
+def test_to_float64_moves_base_and_transform():
+    flow = normalizing_flow("realnvp", 2, num_layers=2).to(torch.float64)
+    x = torch.randn(4, 2, dtype=torch.float64)
+    assert flow.log_prob(x).dtype == torch.float64
+    assert flow.sample((2,)).dtype == torch.float64
+
+
+def test_flow_as_model_prior_and_guide_in_svi():
+    prior = normalizing_flow("maf", 2, num_layers=2)
+    guide_flow = normalizing_flow("iaf", 2, num_layers=2)
+    obs = torch.tensor([0.5, -1.0])
+
+    def model():
+        pyro.module("prior", prior)
+        z = pyro.sample("z", prior())
+        pyro.sample("obs", dist.Normal(z, 1.0).to_event(1), obs=obs)
+
+    def guide():
+        pyro.module("guide", guide_flow)
+        pyro.sample("z", guide_flow())
+
+    before = [p.detach().clone() for p in guide_flow.parameters()]
+    svi = SVI(model, guide, Adam({"lr": 1e-2}), Trace_ELBO())
+    losses = [svi.step() for _ in range(5)]
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert all(not torch.equal(a, b) for a, b in zip(before, guide_flow.parameters(), strict=True))
+
+
+def test_constructor_checks():
+    from pyro_flows.distributions import NormalizingFlow
+    from pyro_flows.flows import build
+
+    with pytest.raises(ValueError, match="context_dim is required"):
+        NormalizingFlow(build("maf", 2, context_dim=3), 2)
+    with pytest.raises(ValueError, match="transform is not conditional"):
+        NormalizingFlow(build("maf", 2), 2, context_dim=3)
