@@ -2,6 +2,6 @@
 
 __version__ = "0.1.0"
 
-from . import datasets, distributions, flows, transforms, training  # noqa: E402
+from . import datasets, distributions, flows, training, transforms  # noqa: E402
 
-__all__ = ["datasets", "distributions", "flows", "training", "transforms", "__version__"]
+__all__ = ["__version__", "datasets", "distributions", "flows", "training", "transforms"]
