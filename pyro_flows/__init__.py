@@ -2,6 +2,25 @@
 
 __version__ = "0.1.0"
 
-from . import datasets, distributions, flows, training, transforms  # noqa: E402
+from . import (  # noqa: E402
+    datasets,
+    density,
+    distributions,
+    flows,
+    infer,
+    nn,
+    training,
+    transforms,
+)
 
-__all__ = ["__version__", "datasets", "distributions", "flows", "training", "transforms"]
+__all__ = [
+    "__version__",
+    "datasets",
+    "density",
+    "distributions",
+    "flows",
+    "infer",
+    "nn",
+    "training",
+    "transforms",
+]

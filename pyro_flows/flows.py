@@ -32,6 +32,9 @@ class Family:
         fast_direction: ``"density"`` when scoring data takes one pass (MAF, coupling),
             ``"sample"`` when sampling and scoring own samples take one pass (IAF, NAF), or
             ``"both"``.
+        ordered: True when a layer takes an ``order`` argument (MADE-based layers): the
+            builder then alternates the layers' orders instead of inserting permutation
+            layers, which does the same without a gather per layer.
     """
 
     make: Callable[..., nn.Module]
@@ -39,6 +42,7 @@ class Family:
     min_dim: int = 1
     invertible: bool = True
     fast_direction: str = "both"
+    ordered: bool = False
 
 
 def _pyro(name: str) -> Callable[..., nn.Module]:
@@ -49,8 +53,12 @@ FAMILIES: dict[str, Family] = {
     "planar": Family(T.planar, T.conditional_planar, fast_direction="sample"),
     "radial": Family(T.radial, T.conditional_radial),
     "affine_coupling": Family(T.affine_coupling, T.conditional_affine_coupling, min_dim=2),
-    "maf": Family(T.maf, T.conditional_maf, min_dim=2, fast_direction="density"),
-    "iaf": Family(T.iaf, T.conditional_iaf, min_dim=2, fast_direction="sample"),
+    "maf": Family(T.maf, T.conditional_maf, min_dim=2, fast_direction="density", ordered=True),
+    "iaf": Family(T.iaf, T.conditional_iaf, min_dim=2, fast_direction="sample", ordered=True),
+    "ffjord": Family(T.ffjord, T.conditional_ffjord),
+    # y = x + g(x) samples in one pass; pass inverse=True for one-pass density of data
+    "iresnet": Family(T.iresnet, T.conditional_iresnet, fast_direction="sample"),
+    "residual_flow": Family(T.residual_flow, T.conditional_residual_flow, fast_direction="sample"),
     # Pyro's families, wrapped (see pyro_flows.transforms.PyroTransform):
     "spline": Family(_pyro("spline"), _pyro("conditional_spline")),
     "spline_coupling": Family(_pyro("spline_coupling"), min_dim=2),
@@ -124,7 +132,8 @@ def build(
         num_layers: How many layers :math:`K`.
         context_dim: The context size for a conditional flow, or None.
         hidden_dims: Hidden layer sizes of each layer's network (for families that have one).
-        permutation: ``"reverse"``, ``"random"`` or None: what goes between two layers.
+        permutation: ``"reverse"``, ``"random"`` or None: how the order of the features changes
+            from one layer to the next (a permutation layer, or for MAF/IAF the MADE order).
         kwargs: Passed to the family's helper (e.g. ``log_scale_bound``, ``count_bins``).
 
     Returns:
@@ -152,9 +161,15 @@ def build(
         kwargs["hidden_dims"] = hidden_dims
     args = (input_dim,) if context_dim is None else (input_dim, context_dim)
 
+    # MADE-based layers change order through their own `order` argument, not a permutation.
+    by_order = family.ordered and permutation is not None and "order" not in kwargs
     parts: list[nn.Module] = []
     for k in range(num_layers):
-        if k > 0 and permutation is not None and input_dim > 1:
+        if by_order:
+            kwargs["order"] = (
+                ("natural", "reverse")[k % 2] if permutation == "reverse" else "random"
+            )
+        elif k > 0 and permutation is not None and input_dim > 1:
             perm = T.reverse(input_dim) if permutation == "reverse" else T.permutation(input_dim)
             parts.append(perm)
         parts.append(_wrap(make(*args, **kwargs), family, input_dim, context_dim))

@@ -69,3 +69,18 @@ def test_constructor_checks():
         NormalizingFlow(build("maf", 2, context_dim=3), 2)
     with pytest.raises(ValueError, match="transform is not conditional"):
         NormalizingFlow(build("maf", 2), 2, context_dim=3)
+
+
+@pytest.mark.parametrize("name", ["planar", "realnvp", "maf", "iaf", "spline_autoregressive"])
+@pytest.mark.parametrize("context_dim", [None, 3])
+def test_one_pass_log_prob_equals_transformed_distribution(name, context_dim):
+    if name == "spline_autoregressive" and context_dim is None:
+        name = "spline_coupling"
+    flow = normalizing_flow(name, 4, num_layers=3, context_dim=context_dim).double()
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x = torch.randn(6, 4, dtype=torch.float64)
+    c = None if context_dim is None else torch.randn(6, context_dim, dtype=torch.float64)
+    expected = flow(c).log_prob(x.clone())
+    assert torch.allclose(flow.log_prob(x, c), expected, rtol=0, atol=1e-10)

@@ -24,6 +24,7 @@ from .base import (
     InverseFlowTransform,
     broadcast_context,
 )
+from .continuous import FFJORD, ConditionalFFJORD, conditional_ffjord, ffjord
 from .coupling import (
     AffineCoupling,
     ConditionalAffineCoupling,
@@ -33,6 +34,18 @@ from .coupling import (
     coupling_mask,
 )
 from .external import ConditionalPyroTransform, PyroTransform
+from .iresnet import (
+    LOGDET_ESTIMATORS,
+    ConditionalInvertibleResNet,
+    ConvInvertibleResNet,
+    FixedPointInfo,
+    InvertibleResNet,
+    conditional_iresnet,
+    conditional_residual_flow,
+    conv_iresnet,
+    iresnet,
+    residual_flow,
+)
 from .permutation import Permutation, permutation, reverse
 from .planar import ConditionalPlanar, ConditionedPlanar, Planar, conditional_planar, planar
 from .radial import ConditionalRadial, ConditionedRadial, Radial, conditional_radial, radial
@@ -42,17 +55,24 @@ __all__ = [
     "Compose",
     "ConditionalAffineCoupling",
     "ConditionalCompose",
+    "ConditionalFFJORD",
     "ConditionalFlowTransform",
     "ConditionalInverseAutoregressive",
+    "ConditionalInvertibleResNet",
     "ConditionalMaskedAutoregressive",
     "ConditionalPlanar",
     "ConditionalPyroTransform",
     "ConditionalRadial",
     "ConditionedPlanar",
     "ConditionedRadial",
+    "ConvInvertibleResNet",
+    "FFJORD",
+    "FixedPointInfo",
     "FlowTransform",
     "InverseAutoregressive",
     "InverseFlowTransform",
+    "InvertibleResNet",
+    "LOGDET_ESTIMATORS",
     "MaskedAutoregressive",
     "Permutation",
     "Planar",
@@ -63,15 +83,22 @@ __all__ = [
     "bounded_log_scale",
     "broadcast_context",
     "conditional_affine_coupling",
+    "conditional_ffjord",
     "conditional_iaf",
+    "conditional_iresnet",
     "conditional_maf",
     "conditional_planar",
     "conditional_radial",
+    "conditional_residual_flow",
+    "conv_iresnet",
     "coupling_mask",
+    "ffjord",
     "iaf",
+    "iresnet",
     "maf",
     "permutation",
     "planar",
     "radial",
+    "residual_flow",
     "reverse",
 ]

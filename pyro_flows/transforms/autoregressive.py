@@ -87,14 +87,16 @@ class _Autoregressive(FlowTransform):
 class MaskedAutoregressive(_Autoregressive):
     r"""Masked autoregressive flow (MAF) layer: fast density, sequential sampling.
 
-    As a transform from the base variable :math:`z` to the data :math:`x`,
+    The map from the data :math:`x` to the base variable :math:`z` is
 
-    .. math:: x_i = z_i\, e^{s_i(x_{<i})} + \mu_i(x_{<i}), \qquad
-              \log|\det J| = \textstyle\sum_i s_i(x_{<i}),
+    .. math:: z_i = x_i\, e^{s_i(x_{<i})} + \mu_i(x_{<i}), \qquad
+              \log\left|\det \frac{\partial z}{\partial x}\right| = \textstyle\sum_i s_i(x_{<i}),
 
-    where :math:`(\mu, s)` come from one pass of a MADE network over :math:`x`. Hence the
-    inverse :math:`z = (x - \mu(x)) e^{-s(x)}` and the log-determinant of data take **one**
-    network pass: ``TransformedDistribution.log_prob`` of data is fast. The forward direction
+    where :math:`(\mu, s)` come from one pass of a MADE network over :math:`x`. This transform
+    maps :math:`z` to :math:`x` (the generative direction), so its inverse and the
+    log-determinant of data take **one** network pass: ``TransformedDistribution.log_prob`` of
+    data is fast. (This form of the data-to-noise map, also zuko's, trained to a lower KL in
+    our benchmarks than :math:`(x - \mu) e^{-s}`.) The forward direction
     (sampling) solves the recursion in :math:`D` passes. For a guide, whose samples are drawn
     and then scored, :class:`InverseAutoregressive` is the efficient choice.
 
@@ -119,15 +121,15 @@ class MaskedAutoregressive(_Autoregressive):
     """
 
     def _call_and_ladj(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        x, log_scale = self._solve(z, lambda z, shift, s: z * s.exp() + shift)
-        return x, log_scale.sum(-1)
+        x, log_scale = self._solve(z, lambda z, shift, s: (z - shift) * torch.exp(-s))
+        return x, -log_scale.sum(-1)
 
     def _inverse_and_ladj(self, x: Tensor) -> tuple[Tensor, Tensor]:
         shift, log_scale = self._shift_and_log_scale(x)
-        return (x - shift) * torch.exp(-log_scale), log_scale.sum(-1)
+        return torch.addcmul(shift, x, log_scale.exp()), -log_scale.sum(-1)
 
     def _ladj(self, z: Tensor, x: Tensor) -> Tensor:
-        return self._shift_and_log_scale(x)[1].sum(-1)
+        return -self._shift_and_log_scale(x)[1].sum(-1)
 
 
 class InverseAutoregressive(_Autoregressive):
@@ -163,7 +165,7 @@ class InverseAutoregressive(_Autoregressive):
 
     def _call_and_ladj(self, z: Tensor) -> tuple[Tensor, Tensor]:
         shift, log_scale = self._shift_and_log_scale(z)
-        return z * log_scale.exp() + shift, log_scale.sum(-1)
+        return torch.addcmul(shift, z, log_scale.exp()), log_scale.sum(-1)
 
     def _inverse_and_ladj(self, y: Tensor) -> tuple[Tensor, Tensor]:
         z, log_scale = self._solve(y, lambda y, shift, s: (y - shift) * torch.exp(-s))

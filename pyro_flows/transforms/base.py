@@ -10,6 +10,7 @@ from pyro.distributions.conditional import ConditionalTransformModule
 from pyro.distributions.torch_transform import ComposeTransformModule
 from torch import Tensor
 from torch.distributions import constraints
+from torch.distributions.utils import _sum_rightmost
 
 from .._validation import check_finite, check_last_dim, check_positive_int
 
@@ -106,28 +107,42 @@ class FlowTransform(TransformModule):
         self._saved = (x, y, ladj, _state_key(self))
         return x
 
+    def _hit(self, index: int, value: Tensor) -> bool:
+        # The last pass answers only for the very same tensor and unchanged parameters.
+        saved = self._saved
+        return (
+            saved is not None
+            and saved[index] is value
+            and _cache_valid(saved[3], _state_key(self))
+        )
+
     def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
         r"""Returns :math:`\log|\det \partial y/\partial x|`, shape ``x.shape[:-1]``."""
         saved = self._saved
-        hit = saved is not None and saved[0] is x and saved[1] is y
-        if hit and _cache_valid(saved[3], _state_key(self)):
+        if saved is not None and saved[1] is y and self._hit(0, x):
             return saved[2]
         return self._ladj(x, y)
 
     def __call__(self, x: Tensor) -> Tensor:
         """Computes ``y = f(x)``, answering from the cache when ``x`` is the last input."""
-        if self._cache_size == 1:
-            saved = self._saved
-            if saved is not None and saved[0] is x and _cache_valid(saved[3], _state_key(self)):
-                return saved[1]
+        if self._cache_size == 1 and self._hit(0, x):
+            return self._saved[1]
         return self._call(x)
 
     def _inv_call(self, y: Tensor) -> Tensor:
-        if self._cache_size == 1:
-            saved = self._saved
-            if saved is not None and saved[1] is y and _cache_valid(saved[3], _state_key(self)):
-                return saved[0]
+        if self._cache_size == 1 and self._hit(1, y):
+            return self._saved[0]
         return self._inverse(y)
+
+    def call_and_ladj(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        r"""Returns ``y = f(x)`` and :math:`\log|\det \partial y/\partial x|` from one pass."""
+        y = self(x)
+        return y, self.log_abs_det_jacobian(x, y)
+
+    def inverse_and_ladj(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        r"""Returns ``x = f^{-1}(y)`` and the forward :math:`\log|\det J|` at ``x``, one pass."""
+        x = self._inv_call(y)
+        return x, self.log_abs_det_jacobian(x, y)
 
     def clear_cache(self) -> None:
         """Forgets the last pass (never needed for correctness; frees its tensors)."""
@@ -197,6 +212,16 @@ class InverseFlowTransform(TransformModule):
     def _inv_call(self, y: Tensor) -> Tensor:
         return self.base(y)
 
+    def call_and_ladj(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Returns the inverse of the wrapped transform at ``x`` and its log-determinant."""
+        y, ladj = self.base.inverse_and_ladj(x)
+        return y, -ladj
+
+    def inverse_and_ladj(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Returns the wrapped transform at ``y`` and this transform's log-determinant there."""
+        x, ladj = self.base.call_and_ladj(y)
+        return x, -ladj
+
     def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:  # noqa: D102
         return -self.base.log_abs_det_jacobian(y, x)
 
@@ -248,6 +273,14 @@ class ConditionalFlowTransform(ConditionalTransformModule):
         return id(self)
 
 
+def _part_call_and_ladj(part: torch.distributions.Transform, x: Tensor) -> tuple[Tensor, Tensor]:
+    if hasattr(part, "call_and_ladj"):
+        return part.call_and_ladj(x)
+    y = part(x)  # a transform from elsewhere: its own cache serves the log-determinant
+    ladj = part.log_abs_det_jacobian(x, y)
+    return y, _sum_rightmost(ladj, 1 - part.domain.event_dim)
+
+
 class Compose(ComposeTransformModule, TransformModule):
     """A chain of transform modules whose inverse is a module too (parameters stay visible)."""
 
@@ -263,6 +296,22 @@ class Compose(ComposeTransformModule, TransformModule):
             self.__dict__["_inv"] = inv
             inv.__dict__["_inv"] = self
         return inv
+
+    def call_and_ladj(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Returns the chain's output and its total log-determinant, one pass per part."""
+        total = 0
+        for part in self.parts:
+            x, ladj = _part_call_and_ladj(part, x)
+            total = total + ladj
+        return x, total
+
+    def inverse_and_ladj(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Inverts the chain and returns the forward log-determinant at the result."""
+        total = 0
+        for part in reversed(self.parts):
+            y, ladj = _part_call_and_ladj(part.inv, y)
+            total = total - ladj
+        return y, total
 
     def clear_cache(self) -> None:
         """Forgets the cached pass of every part."""

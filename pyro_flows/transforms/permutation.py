@@ -34,10 +34,10 @@ class Permutation(FlowTransform):
         self.register_buffer("inv_perm", torch.argsort(perm))
 
     def _call_and_ladj(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return x[..., self.perm], x.new_zeros(x.shape[:-1])
+        return x.index_select(-1, self.perm), x.new_zeros(x.shape[:-1])
 
     def _inverse_and_ladj(self, y: Tensor) -> tuple[Tensor, Tensor]:
-        return y[..., self.inv_perm], y.new_zeros(y.shape[:-1])
+        return y.index_select(-1, self.inv_perm), y.new_zeros(y.shape[:-1])
 
     def _ladj(self, x: Tensor, y: Tensor) -> Tensor:
         return x.new_zeros(x.shape[:-1])

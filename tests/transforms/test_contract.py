@@ -67,7 +67,10 @@ TRANSFORMS = {
     "conditional_maf": Case(lambda d: T.conditional_maf(d, CONTEXT_DIM, hidden_dims=[24]), 2),
     "conditional_iaf": Case(lambda d: T.conditional_iaf(d, CONTEXT_DIM, hidden_dims=[24]), 2),
     # stacks built by name, including Pyro's families behind the same door
-    "build_maf": Case(lambda d: build("maf", d, 3, hidden_dims=[24]), min_dim=2),
+    # Stacked MAFs sample by a D-pass recursion; with random parameters three layers scale a
+    # 16-D output to ~1e12, beyond what an absolute float64 tolerance can measure, so the stack
+    # is checked up to 5-D (single layers, above, up to 16-D).
+    "build_maf": Case(lambda d: build("maf", d, 3, hidden_dims=[24]), min_dim=2, max_dim=5),
     "build_conditional_realnvp": Case(
         lambda d: build("realnvp", d, 2, context_dim=CONTEXT_DIM, hidden_dims=[24]), min_dim=2
     ),
@@ -87,6 +90,30 @@ TRANSFORMS = {
     ),
     "build_naf": Case(lambda d: build("naf", d, 2), min_dim=2, invertible=False, **PYRO),
     "build_bnaf": Case(lambda d: build("bnaf", d, 2), min_dim=2, invertible=False, **PYRO),
+    # residual flows: fixed-point inverse to ~1e-13; the exact log-det (the suite's reference)
+    "iresnet": Case(lambda d: T.iresnet(d, hidden_dims=[16], estimator="exact")),
+    "residual_flow_inverse": Case(
+        lambda d: T.residual_flow(d, hidden_dims=[16], estimator="exact", inverse=True)
+    ),
+    "conditional_iresnet": Case(
+        lambda d: T.conditional_iresnet(d, CONTEXT_DIM, hidden_dims=[16], estimator="exact")
+    ),
+    # ODE flows: accurate to the solver's tolerances (solves are costly: up to 5-D); fixed
+    # steps for the conditional one keep rows bit-independent under different batchings
+    "ffjord": Case(
+        lambda d: T.ffjord(d, hidden_dims=[8], trace="exact", rtol=1e-9, atol=1e-9),
+        atol=1e-8,
+        ladj_atol=1e-8,
+        max_dim=5,
+    ),
+    "conditional_ffjord": Case(
+        lambda d: T.conditional_ffjord(
+            d, CONTEXT_DIM, hidden_dims=[8], trace="exact", method="rk4", step_size=0.1
+        ),
+        atol=1e-8,
+        ladj_atol=1e-8,
+        max_dim=5,
+    ),
 }
 NAMES = list(TRANSFORMS)
 INVERTIBLE = [n for n in NAMES if TRANSFORMS[n].invertible]

@@ -1,0 +1,801 @@
+"""Density estimation on tables, in the style of scikit-learn: fit, score, sample, save, load."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+from pyro.distributions.conditional import ConditionalTransformModule
+from torch import Tensor
+
+from . import transforms as T
+from ._validation import check_choice, check_hidden_dims, check_positive_int
+from .distributions import NormalizingFlow
+from .flows import FAMILIES, _family, build
+from .training import FitHistory
+from .training import fit as fit_model
+
+__all__ = [
+    "FORMAT_VERSION",
+    "ContextStandardization",
+    "DensityEstimator",
+    "ModelFileError",
+    "Standardization",
+]
+
+#: The version of the file layout written by :meth:`DensityEstimator.save`. It changes whenever
+#: a file written by one version could be read wrongly by another; :meth:`DensityEstimator.load`
+#: refuses any other version.
+FORMAT_VERSION = 1
+_FORMAT = "pyro_flows.density.DensityEstimator"
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+_CHUNK = 8192
+
+
+class ModelFileError(ValueError):
+    """A model file that cannot be loaded: foreign, corrupt, or from an incompatible version."""
+
+
+# -- transforms -------------------------------------------------------------------------------
+
+
+def _check_loc_scale(loc: Tensor, scale: Tensor, what: str) -> None:
+    if loc.dim() != 1 or loc.shape != scale.shape or loc.numel() == 0:
+        raise ValueError(
+            f"{what}: loc and scale must be 1-D of one length, got shapes "
+            f"{tuple(loc.shape)} and {tuple(scale.shape)}"
+        )
+    if not bool(torch.isfinite(loc).all() & torch.isfinite(scale).all()):
+        raise ValueError(f"{what}: loc and scale must be finite")
+    if not bool((scale > 0).all()):
+        raise ValueError(f"{what}: every scale must be > 0, got {scale.tolist()}")
+
+
+class Standardization(T.FlowTransform):
+    r"""The affine map from standardised to original units, placed last in a flow.
+
+    .. math:: y = \mu + \sigma \odot x, \qquad
+              \log\left|\det \frac{\partial y}{\partial x}\right| = \sum_i \log \sigma_i
+
+    With :math:`\mu` and :math:`\sigma` the column means and standard deviations of the
+    training data, the layers before it work on standardised values while the density, through
+    this log-determinant, is in the data's own units. Both are buffers: they are saved in the
+    ``state_dict`` and never trained.
+
+    Arguments:
+        loc: The shift :math:`\mu`, shape ``(D,)``.
+        scale: The positive scales :math:`\sigma`, shape ``(D,)``.
+
+    Example:
+        >>> t = Standardization(torch.tensor([10.0, -1.0]), torch.tensor([2.0, 0.5]))
+        >>> t(torch.tensor([1.0, 2.0]))
+        tensor([12.,  0.])
+        >>> t.log_abs_det_jacobian(torch.zeros(2), t(torch.zeros(2)))
+        tensor(0.)
+    """
+
+    def __init__(self, loc: Tensor, scale: Tensor, cache_size: int = 1) -> None:
+        loc = torch.as_tensor(loc)
+        if not loc.is_floating_point():
+            loc = loc.to(torch.get_default_dtype())
+        scale = torch.as_tensor(scale, dtype=loc.dtype)
+        _check_loc_scale(loc, scale, "Standardization")
+        super().__init__(loc.numel(), cache_size=cache_size)
+        self.register_buffer("loc", loc.clone())
+        self.register_buffer("scale", scale.clone())
+
+    def _ladj_of(self, v: Tensor) -> Tensor:
+        return self.scale.log().sum().expand(v.shape[:-1])
+
+    def _call_and_ladj(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.loc + self.scale * x, self._ladj_of(x)
+
+    def _inverse_and_ladj(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        return (y - self.loc) / self.scale, self._ladj_of(y)
+
+    def _ladj(self, x: Tensor, y: Tensor) -> Tensor:
+        return self._ladj_of(x)
+
+
+class ContextStandardization(ConditionalTransformModule):
+    r"""Standardises the context before it reaches a conditional transform.
+
+    ``condition(c)`` returns ``transform.condition((c - loc) / scale)``. This changes how the
+    context is fed to the networks only, not the density of :math:`x`, so it has no
+    log-determinant. ``loc`` and ``scale`` are buffers.
+
+    Arguments:
+        transform: A ``ConditionalTransformModule``.
+        loc: The context shift, shape ``(C,)``.
+        scale: The positive context scales, shape ``(C,)``.
+
+    Example:
+        >>> from pyro_flows.flows import build
+        >>> inner = build("maf", 2, num_layers=1, context_dim=1, hidden_dims=[8])
+        >>> t = ContextStandardization(inner, torch.tensor([100.0]), torch.tensor([10.0]))
+        >>> t.condition(torch.tensor([110.0]))(torch.zeros(2)).shape
+        torch.Size([2])
+    """
+
+    def __init__(self, transform: ConditionalTransformModule, loc: Tensor, scale: Tensor) -> None:
+        super().__init__()
+        loc = torch.as_tensor(loc)
+        if not loc.is_floating_point():
+            loc = loc.to(torch.get_default_dtype())
+        scale = torch.as_tensor(scale, dtype=loc.dtype)
+        _check_loc_scale(loc, scale, "ContextStandardization")
+        self.transform = transform
+        self.register_buffer("loc", loc.clone())
+        self.register_buffer("scale", scale.clone())
+
+    def condition(self, context: Tensor) -> torch.nn.Module:
+        """Returns the inner transform conditioned on the standardised ``context``."""
+        return self.transform.condition((context - self.loc) / self.scale)
+
+    def __hash__(self) -> int:
+        return id(self)
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def _atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
+    """Calls ``write(f)`` on a temporary file next to ``path``, then renames it to ``path``.
+
+    Readers of ``path`` see the old file or the complete new one, never a partial one; on any
+    error (or interrupt) the temporary file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual mode
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None) -> Iterator[None]:
+    """Seeds torch inside the block, leaving the global generator as it was, if seed is given."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def _column_names(names: Sequence[Any] | None, width: int, what: str) -> list[str] | None:
+    if names is None:
+        return None
+    names = [str(n) for n in names]
+    if len(names) != width:
+        raise ValueError(f"{what} has {len(names)} names for {width} columns")
+    return names
+
+
+def _as_table(x: Any, name: str) -> tuple[np.ndarray, list[str] | None]:
+    """Returns ``x`` as a float64 array of shape (rows, columns), and its column names if any."""
+    names = None
+    columns = getattr(x, "columns", None)  # a pandas DataFrame, without importing pandas
+    if columns is not None and not isinstance(x, np.ndarray | Tensor):
+        names = [str(c) for c in columns]
+    if isinstance(x, Tensor):
+        x = x.detach().cpu().numpy()
+    try:
+        arr = np.asarray(x)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{name} must be an array of numbers: {e}") from None
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+    if arr.ndim != 2:
+        raise ValueError(
+            f"{name} must be 2-D with shape (num_rows, num_columns), got shape {arr.shape}"
+            + ("; use x.reshape(-1, 1) for one column" if arr.ndim == 1 else "")
+        )
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"{name} is empty (shape {arr.shape})")
+    return arr.astype(np.float64), names
+
+
+def _describe(names: list[str] | None, j: int) -> str:
+    return repr(names[j]) if names is not None else str(j)
+
+
+def _check_finite_columns(x: np.ndarray, name: str, names: list[str] | None) -> None:
+    bad = ~np.isfinite(x)
+    if bad.any():
+        j = int(np.flatnonzero(bad.any(0))[0])
+        i = int(np.flatnonzero(bad[:, j])[0])
+        raise ValueError(
+            f"{name} column {_describe(names, j)} has {int(bad[:, j].sum())} NaN or infinite "
+            f"value(s) (the first in row {i}); clean or drop those rows"
+        )
+
+
+def _check_not_constant(x: np.ndarray, name: str, names: list[str] | None, where: str) -> None:
+    constant = np.ptp(x, axis=0) == 0
+    if constant.any():
+        j = int(np.flatnonzero(constant)[0])
+        raise ValueError(
+            f"{name} column {_describe(names, j)} is constant{where} (every value is "
+            f"{x[0, j]:g}): it has no density; drop the column"
+        )
+
+
+def _history_from_dict(d: dict[str, Any]) -> FitHistory:
+    fields = inspect.signature(FitHistory).parameters
+    return FitHistory(**{k: v for k, v in d.items() if k in fields})
+
+
+def _digest(meta: str, state: dict[str, Tensor]) -> str:
+    """A SHA-256 over the metadata and every tensor's dtype, shape and bytes."""
+    h = hashlib.sha256(meta.encode())
+    for key in sorted(state):
+        t = state[key].detach().cpu().contiguous()
+        h.update(f"\0{key}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+# -- the estimator ----------------------------------------------------------------------------
+
+
+class DensityEstimator:
+    r"""A normalizing flow fitted to the rows of a table, used like a scikit-learn estimator.
+
+    ``fit(X)`` learns a density :math:`q(x)` (or, with ``context``, :math:`q(x \mid c)`) by
+    maximum likelihood; ``score_samples(X)`` returns :math:`\log q(x)` per row, in nats and in
+    the data's own units; ``sample(n)`` draws rows; ``save``/``load`` keep everything needed to
+    score again, identically.
+
+    With ``standardize=True`` the flow is built as :math:`x = \mu + \sigma \odot f(z)`, with
+    :math:`\mu, \sigma` the column means and standard deviations of the training rows, held by
+    a :class:`Standardization` layer whose log-determinant :math:`\sum_i \log\sigma_i` is part
+    of every log-density. A conditional model likewise standardises its context
+    (:class:`ContextStandardization`), which does not change the density of :math:`x`.
+
+    The constructor only stores its arguments (as scikit-learn estimators do); the fitted state
+    lives in attributes ending in ``_``: ``flow_`` (the
+    :class:`~pyro_flows.distributions.NormalizingFlow`, in original units), ``history_`` (a
+    :class:`~pyro_flows.training.FitHistory`), ``n_features_in_``, ``feature_names_in_``,
+    ``context_dim_``, ``context_names_in_``, ``mean_`` and ``scale_`` (the standardisation, or
+    None), and ``info_`` (a dict of JSON-serialisable notes saved with the model).
+
+    Arguments:
+        flow: A family of :func:`pyro_flows.flows.build` that can score data (``"maf"``,
+            ``"affine_coupling"``/``"realnvp"``, ``"spline_coupling"``/``"nsf"``,
+            ``"spline_autoregressive"``, ``"spline"``, ``"planar"``, ``"radial"``, ...).
+        num_layers: The number of flow layers.
+        hidden_dims: The hidden sizes of each layer's network.
+        standardize: Whether to standardise the columns (and the context) inside the model.
+        num_steps: The number of Adam steps.
+        batch_size: The minibatch size.
+        lr: The peak learning rate (cosine schedule, see :func:`~pyro_flows.training.fit`).
+        weight_decay: Adam's L2 penalty on the flow's parameters (helps on small data).
+        val_fraction: The fraction of the rows held out for validation and early stopping
+            (the best validation parameters are kept), in :math:`[0, 1)`; ignored when
+            ``fit`` is given ``val_X``.
+        patience: Stop after this many validation evaluations without improvement, or None.
+        eval_every: The number of steps between validation evaluations.
+        seed: Seeds the initialisation, the split and the minibatch order, or None.
+        progress: Whether to show a tqdm progress bar while fitting.
+        dtype: ``"float32"`` or ``"float64"``, the precision of the model.
+        flow_kwargs: Further keyword arguments of the family's helper (e.g.
+            ``{"count_bins": 8}``); JSON-serialisable, as they are saved.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> X = rng.normal([100.0, -3.0], [10.0, 0.1], size=(500, 2))
+        >>> est = DensityEstimator("maf", num_layers=2, hidden_dims=(16,), num_steps=50, seed=0)
+        >>> est.fit(X).score_samples(X[:3]).shape
+        (3,)
+        >>> est.sample(4, seed=0).shape
+        (4, 2)
+    """
+
+    def __init__(
+        self,
+        flow: str = "maf",
+        num_layers: int = 5,
+        hidden_dims: Sequence[int] = (64, 64),
+        standardize: bool = True,
+        num_steps: int = 1000,
+        batch_size: int = 512,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        val_fraction: float = 0.1,
+        patience: int | None = None,
+        eval_every: int = 50,
+        seed: int | None = None,
+        progress: bool = False,
+        dtype: str = "float32",
+        flow_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        self.flow = flow
+        self.num_layers = num_layers
+        self.hidden_dims = hidden_dims
+        self.standardize = standardize
+        self.num_steps = num_steps
+        self.batch_size = batch_size
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.val_fraction = val_fraction
+        self.patience = patience
+        self.eval_every = eval_every
+        self.seed = seed
+        self.progress = progress
+        self.dtype = dtype
+        self.flow_kwargs = flow_kwargs
+
+    # -- scikit-learn protocol ----------------------------------------------------------------
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """Returns the constructor arguments as a dict (``deep`` is accepted for scikit-learn)."""
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params: Any) -> DensityEstimator:
+        """Sets constructor arguments by name; returns ``self``."""
+        valid = self._param_names()
+        for name, value in params.items():
+            if name not in valid:
+                raise ValueError(f"unknown parameter {name!r}; expected one of {valid}")
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self) -> str:
+        defaults = inspect.signature(type(self).__init__).parameters
+        shown = [f"{k}={v!r}" for k, v in self.get_params().items() if v != defaults[k].default]
+        return f"{type(self).__name__}({', '.join(shown)})"
+
+    # -- building -----------------------------------------------------------------------------
+    def _check_params(self) -> tuple[str, list[int], torch.dtype]:
+        name, family = _family(self.flow)
+        if not family.invertible:
+            scorable = sorted(k for k, f in FAMILIES.items() if f.invertible)
+            raise ValueError(
+                f"flow {self.flow!r} has no analytic inverse, so it cannot score data; "
+                f"use one of {scorable}"
+            )
+        check_positive_int(self.num_layers, "num_layers")
+        hidden = check_hidden_dims(list(self.hidden_dims), "hidden_dims")
+        check_choice(self.dtype, tuple(_DTYPES), "dtype")
+        if not isinstance(self.standardize, bool):
+            raise TypeError(f"standardize must be True or False, got {self.standardize!r}")
+        if self.flow_kwargs is not None:
+            if not isinstance(self.flow_kwargs, dict):
+                raise TypeError(f"flow_kwargs must be a dict or None, got {self.flow_kwargs!r}")
+            try:
+                json.dumps(self.flow_kwargs, allow_nan=False)
+            except (TypeError, ValueError) as e:
+                raise ValueError(
+                    f"flow_kwargs must be JSON-serialisable to be saved: {e}"
+                ) from None
+        return name, hidden, _DTYPES[self.dtype]
+
+    def _build(
+        self,
+        input_dim: int,
+        context_dim: int | None,
+        mean: np.ndarray | None,
+        scale: np.ndarray | None,
+        context_mean: np.ndarray | None,
+        context_scale: np.ndarray | None,
+    ) -> NormalizingFlow:
+        name, hidden, dtype = self._check_params()
+        family = FAMILIES[name]
+        if input_dim < family.min_dim:
+            raise ValueError(
+                f"flow {self.flow!r} needs at least {family.min_dim} columns, got {input_dim}; "
+                "for one column use 'spline'"
+            )
+        if context_dim is not None and family.make_conditional is None:
+            conditional = sorted(k for k, f in FAMILIES.items() if f.make_conditional)
+            raise ValueError(
+                f"flow {self.flow!r} has no conditional variant, so it cannot take a context; "
+                f"use one of {conditional}"
+            )
+        core = build(
+            name,
+            input_dim,
+            self.num_layers,
+            context_dim=context_dim,
+            hidden_dims=hidden,
+            **(self.flow_kwargs or {}),
+        )
+        if context_dim is not None and context_mean is not None:
+            core = ContextStandardization(
+                core, torch.as_tensor(context_mean), torch.as_tensor(context_scale)
+            )
+        if mean is not None:
+            std = Standardization(torch.as_tensor(mean), torch.as_tensor(scale))
+            compose = T.Compose if context_dim is None else T.ConditionalCompose
+            core = compose([core, std])
+        return NormalizingFlow(core, input_dim, context_dim=context_dim).to(dtype)
+
+    # -- fitting ------------------------------------------------------------------------------
+    def fit(
+        self,
+        X: Any,
+        context: Any = None,
+        *,
+        val_X: Any = None,
+        val_context: Any = None,
+        feature_names: Sequence[str] | None = None,
+        context_names: Sequence[str] | None = None,
+    ) -> DensityEstimator:
+        """Fits the flow to the rows of ``X`` (given the rows of ``context``); returns ``self``.
+
+        Arguments:
+            X: The data, shape ``(num_rows, num_features)``: a numpy array, a tensor or a
+                pandas DataFrame (whose column names are kept).
+            context: The conditioning values, one row per row of ``X``, or None.
+            val_X: Explicit validation rows (then ``val_fraction`` is ignored).
+            val_context: The context rows of ``val_X``.
+            feature_names: Names of the columns of ``X`` (saved with the model).
+            context_names: Names of the columns of ``context``.
+
+        Raises:
+            ValueError: For NaN/inf values, a constant column, too few rows for the
+                validation split, or arguments that do not fit together; the message names
+                the column or argument.
+        """
+        self._check_params()
+        x, names = _as_table(X, "X")
+        names = _column_names(feature_names, x.shape[1], "feature_names") or names
+        _check_finite_columns(x, "X", names)
+        c = cnames = None
+        if context is not None:
+            c, cnames = _as_table(context, "context")
+            cnames = _column_names(context_names, c.shape[1], "context_names") or cnames
+            _check_finite_columns(c, "context", cnames)
+            if c.shape[0] != x.shape[0]:
+                raise ValueError(
+                    f"context must have one row per row of X ({x.shape[0]}), got {c.shape[0]}"
+                )
+        if x.shape[0] < 2:
+            raise ValueError(f"too few rows to fit: X has {x.shape[0]} row(s), need >= 2")
+        _check_not_constant(x, "X", names, "")
+
+        if val_X is not None:
+            xt, ct = x, c
+            xv, vnames = _as_table(val_X, "val_X")
+            _check_finite_columns(xv, "val_X", names)
+            if xv.shape[1] != x.shape[1]:
+                raise ValueError(f"val_X must have {x.shape[1]} columns, got {xv.shape[1]}")
+            cv = None
+            if (val_context is None) != (context is None):
+                raise ValueError("val_context must be given exactly when context is given")
+            if val_context is not None:
+                cv, _ = _as_table(val_context, "val_context")
+                _check_finite_columns(cv, "val_context", cnames)
+                if cv.shape != (xv.shape[0], c.shape[1]):
+                    raise ValueError(
+                        f"val_context must have shape ({xv.shape[0]}, {c.shape[1]}), "
+                        f"got {cv.shape}"
+                    )
+        else:
+            if val_context is not None:
+                raise ValueError("val_context was given without val_X")
+            frac = self.val_fraction
+            if not (isinstance(frac, int | float) and 0 <= frac < 1):
+                raise ValueError(f"val_fraction must be in [0, 1), got {frac!r}")
+            num_val = int(frac * x.shape[0])
+            if frac > 0 and num_val < 1:
+                raise ValueError(
+                    f"too few rows for a validation split: val_fraction={frac} of "
+                    f"{x.shape[0]} rows leaves no validation row; it needs at least "
+                    f"{math.ceil(1 / frac)} rows, or val_fraction=0"
+                )
+            perm = np.random.default_rng(self.seed).permutation(x.shape[0])
+            val_idx, train_idx = perm[:num_val], perm[num_val:]
+            xt, xv = x[train_idx], (x[val_idx] if num_val else None)
+            ct = None if c is None else c[train_idx]
+            cv = None if (c is None or not num_val) else c[val_idx]
+        if xt.shape[0] < 2:
+            raise ValueError(f"too few rows to fit: {xt.shape[0]} training row(s), need >= 2")
+        if self.patience is not None and xv is None:
+            raise ValueError("patience needs validation rows: set val_fraction > 0 or val_X")
+
+        mean = scale = cmean = cscale = None
+        if self.standardize:
+            _check_not_constant(xt, "X", names, " on the training rows")
+            mean, scale = xt.mean(0), xt.std(0)
+            if c is not None:
+                cmean, cscale = ct.mean(0), ct.std(0)
+                cscale = np.where(cscale > 0, cscale, 1.0)  # a constant context is harmless
+
+        with _seeded(self.seed):
+            model = self._build(
+                x.shape[1], None if c is None else c.shape[1], mean, scale, cmean, cscale
+            )
+            history = fit_model(
+                model,
+                xt,
+                context=ct,
+                val_data=xv,
+                val_context=cv,
+                val_fraction=0.0,
+                num_steps=self.num_steps,
+                batch_size=self.batch_size,
+                lr=self.lr,
+                weight_decay=self.weight_decay,
+                patience=self.patience,
+                eval_every=self.eval_every,
+                progress=self.progress,
+                seed=self.seed,
+            )
+        model.eval()
+        self.flow_ = model
+        self.history_ = history
+        self.n_features_in_ = x.shape[1]
+        self.feature_names_in_ = names
+        self.context_dim_ = None if c is None else c.shape[1]
+        self.context_names_in_ = cnames
+        self.mean_, self.scale_ = mean, scale
+        self.context_mean_, self.context_scale_ = cmean, cscale
+        self.info_ = {"num_train": int(xt.shape[0]), "num_val": 0 if xv is None else len(xv)}
+        return self
+
+    # -- using a fitted model -----------------------------------------------------------------
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "flow_"):
+            raise RuntimeError(
+                f"this {type(self).__name__} is not fitted yet: call fit(X) or load(path) first"
+            )
+
+    def _inputs(self, X: Any, context: Any) -> tuple[Tensor, Tensor | None]:
+        self._check_fitted()
+        dtype = next(iter(self.flow_.buffers())).dtype
+        x, _ = _as_table(X, "X")
+        if x.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"X has {x.shape[1]} columns, but the model was fitted on {self.n_features_in_}"
+            )
+        _check_finite_columns(x, "X", self.feature_names_in_)
+        c = self._context(context, x.shape[0])
+        return torch.as_tensor(x, dtype=dtype), c
+
+    def _context(self, context: Any, num_rows: int | None) -> Tensor | None:
+        dtype = next(iter(self.flow_.buffers())).dtype
+        if self.context_dim_ is None:
+            if context is not None:
+                raise ValueError("context was given, but the model was fitted without one")
+            return None
+        if context is None:
+            raise ValueError(
+                f"the model is conditional: pass a context with {self.context_dim_} columns"
+            )
+        c = np.asarray(context.detach().cpu() if isinstance(context, Tensor) else context)
+        if c.ndim == 1:  # one context for every row
+            if c.shape[0] != self.context_dim_:
+                raise ValueError(
+                    f"a 1-D context must have the model's {self.context_dim_} context values, "
+                    f"got shape {c.shape}; for one context column per row use c.reshape(-1, 1)"
+                )
+            c = c[None]
+        c, _ = _as_table(c, "context")
+        if c.shape[1] != self.context_dim_:
+            raise ValueError(
+                f"context has {c.shape[1]} columns, but the model was fitted on "
+                f"{self.context_dim_}"
+            )
+        _check_finite_columns(c, "context", self.context_names_in_)
+        if num_rows is not None and c.shape[0] not in (1, num_rows):
+            raise ValueError(f"context must have 1 or {num_rows} rows, got {c.shape[0]}")
+        return torch.as_tensor(c, dtype=dtype)
+
+    def log_prob(self, X: Any, context: Any = None) -> Tensor:
+        r"""Returns :math:`\log q(x \mid c)` per row as a tensor that carries gradients.
+
+        Arguments:
+            X: The rows, shape ``(num_rows, num_features)``.
+            context: The context rows, shape ``(num_rows, C)``, or one context for every row,
+                shape ``(C,)``; None for an unconditional model.
+        """
+        x, c = self._inputs(X, context)
+        return self.flow_.log_prob(x, c)
+
+    def score_samples(self, X: Any, context: Any = None) -> np.ndarray:
+        r"""Returns :math:`\log q(x \mid c)` per row, in nats, in the data's own units.
+
+        A float64 array of shape ``(num_rows,)``, computed without gradients in chunks.
+        """
+        x, c = self._inputs(X, context)
+        out = []
+        with torch.no_grad():
+            for i in range(0, x.shape[0], _CHUNK):
+                ci = None if c is None else (c if c.shape[0] == 1 else c[i : i + _CHUNK])
+                out.append(self.flow_.log_prob(x[i : i + _CHUNK], ci).double().cpu())
+        return torch.cat(out).numpy()
+
+    def score(self, X: Any, context: Any = None) -> float:
+        """Returns the mean log-likelihood of the rows (the negative mean NLL), in nats."""
+        return float(self.score_samples(X, context).mean())
+
+    def sample(
+        self, n_samples: int = 1, context: Any = None, seed: int | None = None
+    ) -> np.ndarray:
+        """Draws rows from the fitted density, in the data's own units.
+
+        Arguments:
+            n_samples: How many rows (per context row).
+            context: None for an unconditional model; for a conditional one, a context of
+                shape ``(C,)``, giving an array of shape ``(n_samples, D)``, or ``(m, C)``,
+                giving ``(n_samples, m, D)``.
+            seed: Seeds the draw (without changing torch's global generator), or None.
+        """
+        self._check_fitted()
+        check_positive_int(n_samples, "n_samples")
+        c = self._context(context, None)
+        if c is not None and np.ndim(context) == 1:
+            c = c[0]
+        with _seeded(seed):
+            x = self.flow_.sample((n_samples,), c)
+        return x.double().cpu().numpy()
+
+    # -- persistence --------------------------------------------------------------------------
+    def _meta(self) -> dict[str, Any]:
+        from . import __version__
+
+        def floats(a: np.ndarray | None) -> list[float] | None:
+            return None if a is None else [float(v) for v in a]
+
+        params = self.get_params()
+        params["hidden_dims"] = list(params["hidden_dims"])
+        return {
+            "library_version": __version__,
+            "torch_version": torch.__version__,
+            "params": params,
+            "input_dim": self.n_features_in_,
+            "context_dim": self.context_dim_,
+            "feature_names": self.feature_names_in_,
+            "context_names": self.context_names_in_,
+            "standardization": {
+                "mean": floats(self.mean_),
+                "scale": floats(self.scale_),
+                "context_mean": floats(self.context_mean_),
+                "context_scale": floats(self.context_scale_),
+            },
+            "history": asdict(self.history_),
+            "info": self.info_,
+        }
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Writes the fitted model to ``path`` (a ``torch.save`` file), atomically.
+
+        The file holds the flow's parameters and buffers and, as JSON: the constructor
+        arguments (family, sizes, training settings), the column names, the standardisation,
+        the training history, ``info_``, the library and torch versions, and the format
+        version :data:`FORMAT_VERSION`, all covered by a SHA-256 checksum. It is written to a
+        temporary file that is then renamed, so ``path`` never holds a partial model.
+        """
+        self._check_fitted()
+        meta = json.dumps(self._meta(), sort_keys=True)
+        state = {k: v.detach().cpu().clone() for k, v in self.flow_.state_dict().items()}
+        payload = {
+            "format": _FORMAT,
+            "format_version": FORMAT_VERSION,
+            "meta": meta,
+            "state_dict": state,
+            "sha256": _digest(meta, state),
+        }
+        _atomic_write(path, lambda f: torch.save(payload, f))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> DensityEstimator:
+        """Reads a model written by :meth:`save`.
+
+        Raises:
+            FileNotFoundError: If ``path`` does not exist.
+            ModelFileError: If the file is not a pyro_flows model, is corrupt (its checksum
+                does not match), or was written in another format version; the message says
+                which.
+        """
+        from . import __version__
+
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such file")
+        if path.is_dir():
+            raise ModelFileError(f"{path}: is a directory, not a model file")
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch raises many types for foreign or truncated files
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelFileError(
+                f"{path}: not a pyro_flows model file, or a corrupt one ({reason[:200]})"
+            ) from None
+        if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
+            raise ModelFileError(
+                f"{path}: not a pyro_flows model file (a torch file without the "
+                "DensityEstimator header; was it written by DensityEstimator.save?)"
+            )
+        version = payload.get("format_version")
+        if version != FORMAT_VERSION:
+            written_by = "an unknown version"
+            with contextlib.suppress(Exception):
+                written_by = json.loads(payload["meta"])["library_version"]
+            newer = isinstance(version, int) and version > FORMAT_VERSION
+            raise ModelFileError(
+                f"{path}: model file format version {version!r} (written by pyro_flows "
+                f"{written_by}) cannot be read by pyro_flows {__version__}, which reads "
+                f"version {FORMAT_VERSION}; "
+                + ("upgrade pyro_flows" if newer else "refit the model with this version")
+            )
+        meta_text, state = payload.get("meta"), payload.get("state_dict")
+        if (
+            not isinstance(meta_text, str)
+            or not isinstance(state, dict)
+            or not all(isinstance(v, Tensor) for v in state.values())
+        ):
+            raise ModelFileError(f"{path}: corrupt model file (missing or malformed sections)")
+        if payload.get("sha256") != _digest(meta_text, state):
+            raise ModelFileError(
+                f"{path}: corrupt model file: its checksum does not match its contents"
+            )
+        try:
+            meta = json.loads(meta_text)
+            est = cls(**meta["params"])
+            sd = meta["standardization"]
+
+            def arr(v: list[float] | None) -> np.ndarray | None:
+                return None if v is None else np.asarray(v, dtype=np.float64)
+
+            with _seeded(0):  # the initial values are overwritten; leave torch's RNG alone
+                model = est._build(
+                    meta["input_dim"],
+                    meta["context_dim"],
+                    arr(sd["mean"]),
+                    arr(sd["scale"]),
+                    arr(sd["context_mean"]),
+                    arr(sd["context_scale"]),
+                )
+            model.load_state_dict(state, strict=True)
+        except Exception as e:
+            raise ModelFileError(
+                f"{path}: written by pyro_flows {meta_text and _safe_version(meta_text)} but "
+                f"it does not match the model pyro_flows {__version__} builds from its "
+                f"settings ({type(e).__name__}: {str(e).splitlines()[0][:300]})"
+            ) from None
+        model.eval()
+        est.flow_ = model
+        est.history_ = _history_from_dict(meta["history"])
+        est.n_features_in_ = meta["input_dim"]
+        est.feature_names_in_ = meta["feature_names"]
+        est.context_dim_ = meta["context_dim"]
+        est.context_names_in_ = meta["context_names"]
+        est.mean_, est.scale_ = arr(sd["mean"]), arr(sd["scale"])
+        est.context_mean_, est.context_scale_ = arr(sd["context_mean"]), arr(sd["context_scale"])
+        est.info_ = meta.get("info") or {}
+        est.library_version_ = meta["library_version"]
+        return est
+
+
+def _safe_version(meta_text: str) -> str:
+    try:
+        return str(json.loads(meta_text)["library_version"])
+    except Exception:
+        return "an unknown version"

@@ -1,0 +1,66 @@
+r"""Variational inference with flows: guides, amortised guides, flow priors and diagnostics.
+
+* :class:`AutoFlowGuide`: any Pyro model, any flow family, constrained sites, Monte Carlo
+  median and quantiles; :func:`guide_direction` picks each family's one-pass direction.
+* :class:`AmortizedFlowGuide`: a conditional flow over a local latent, fed by an encoder.
+* :func:`flow_prior`, :func:`fit_flow_prior`: a fitted flow as ``pyro.sample(name, prior)``.
+* :func:`importance_sample`, :func:`psis_diagnostic`, :func:`to_inference_data`, :func:`loo`:
+  importance weights, PSIS :math:`\hat k` (ArviZ), ELBO and IW-ELBO, ESS, resampling,
+  ``arviz.InferenceData``, PSIS-LOO from guide draws.
+* :func:`compare_guides`, :func:`fit_svi`: fit several guides on one budget and tabulate them.
+
+See the tutorial ``docs/tutorials/variational_inference.md``.
+"""
+
+from .amortized import AmortizedFlowGuide
+from .compare import (
+    GuideReport,
+    compare_guides,
+    fit_svi,
+    format_table,
+    guides_from_labels,
+    pair_plot,
+    standard_guides,
+)
+from .diagnostics import (
+    ImportanceSamples,
+    LooResult,
+    effective_sample_size,
+    importance_resample,
+    importance_sample,
+    importance_weighted_elbo,
+    loo,
+    pareto_k,
+    pareto_k_reading,
+    psis_diagnostic,
+    to_inference_data,
+)
+from .guides import AutoFlowGuide, SlowGuideWarning, guide_direction
+from .priors import fit_flow_prior, flow_prior
+
+__all__ = [
+    "AmortizedFlowGuide",
+    "AutoFlowGuide",
+    "GuideReport",
+    "ImportanceSamples",
+    "LooResult",
+    "SlowGuideWarning",
+    "compare_guides",
+    "effective_sample_size",
+    "fit_flow_prior",
+    "fit_svi",
+    "flow_prior",
+    "format_table",
+    "guide_direction",
+    "guides_from_labels",
+    "importance_resample",
+    "importance_sample",
+    "importance_weighted_elbo",
+    "loo",
+    "pair_plot",
+    "pareto_k",
+    "pareto_k_reading",
+    "psis_diagnostic",
+    "standard_guides",
+    "to_inference_data",
+]

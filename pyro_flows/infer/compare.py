@@ -1,0 +1,399 @@
+"""Fit several guides to one model with SVI and compare them: ELBO, PSIS k-hat, wall time."""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyro
+from pyro.infer import SVI, Trace_ELBO
+from pyro.infer.autoguide import (
+    AutoIAFNormal,
+    AutoMultivariateNormal,
+    AutoNormal,
+)
+from pyro.optim import ClippedAdam
+from tqdm import tqdm
+
+from .._validation import check_positive_int
+from .diagnostics import ImportanceSamples, importance_sample, pareto_k_reading
+from .guides import AutoFlowGuide
+
+__all__ = [
+    "GuideReport",
+    "compare_guides",
+    "fit_svi",
+    "format_table",
+    "guides_from_labels",
+    "pair_plot",
+    "standard_guides",
+]
+
+GuideFactory = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+def fit_svi(
+    model: Callable[..., Any],
+    guide: Callable[..., Any],
+    *args: Any,
+    num_steps: int = 1000,
+    lr: float = 1e-2,
+    lr_decay: float = 0.1,
+    num_particles: int = 1,
+    vectorize_particles: bool = True,
+    clip_norm: float = 10.0,
+    progress: bool = False,
+    step_times: list[float] | None = None,
+    **kwargs: Any,
+) -> list[float]:
+    r"""Fits ``guide`` to ``model`` with SVI, :class:`~pyro.infer.Trace_ELBO` and clipped Adam.
+
+    The learning rate decays geometrically from ``lr`` to ``lr * lr_decay`` over the steps.
+
+    Arguments:
+        model: A Pyro model.
+        guide: A guide for it (its parameters are created at the first step).
+        args: The arguments of the model and the guide.
+        num_steps: The number of SVI steps.
+        lr: The initial learning rate.
+        lr_decay: The factor of the learning rate at the last step.
+        num_particles: The number of draws per ELBO estimate.
+        vectorize_particles: Whether to draw the particles in one vectorised pass.
+        clip_norm: Gradient clipping of :class:`~pyro.optim.ClippedAdam`.
+        progress: Whether to show a progress bar.
+        step_times: If a list, the wall time of every step (seconds) is appended to it.
+        kwargs: The keyword arguments of the model and the guide.
+
+    Returns:
+        The loss (the negative ELBO estimate) at every step.
+
+    Raises:
+        FloatingPointError: If a loss is NaN or infinite.
+    """
+    check_positive_int(num_steps, "num_steps")
+    check_positive_int(num_particles, "num_particles")
+    if not (0 < lr_decay <= 1):
+        raise ValueError(f"lr_decay must be in (0, 1], got {lr_decay!r}")
+    optim = ClippedAdam({"lr": lr, "lrd": lr_decay ** (1 / num_steps), "clip_norm": clip_norm})
+    elbo = Trace_ELBO(
+        num_particles=num_particles,
+        vectorize_particles=vectorize_particles and num_particles > 1,
+    )
+    svi = SVI(model, guide, optim, elbo)
+    losses = []
+    bar = tqdm(range(num_steps), disable=not progress, desc="svi", dynamic_ncols=True)
+    for step in bar:
+        t0 = time.perf_counter()
+        loss = svi.step(*args, **kwargs)
+        if step_times is not None:
+            step_times.append(time.perf_counter() - t0)
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"SVI loss is {loss} at step {step + 1}; lower lr")
+        losses.append(loss)
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{loss:.3f}")
+    return losses
+
+
+@dataclass
+class GuideReport:
+    r"""How one guide did.
+
+    Arguments:
+        name: The guide's label.
+        elbo: The ELBO estimated from ``num_samples`` fresh draws.
+        elbo_se: Its Monte Carlo standard error.
+        iw_elbo: The importance-weighted ELBO of the same draws.
+        pareto_k: PSIS :math:`\hat k` of the same draws.
+        ess: The effective sample size of the importance weights.
+        seconds: The wall time of the SVI fit.
+        ms_per_step: The median wall time of an SVI step, in milliseconds (robust to the
+            first step's set-up and to load spikes).
+        losses: The SVI losses.
+        draws: The :class:`~pyro_flows.infer.ImportanceSamples` behind the numbers.
+        guide: The fitted guide.
+    """
+
+    name: str
+    elbo: float
+    elbo_se: float
+    iw_elbo: float
+    pareto_k: float
+    ess: float
+    seconds: float
+    ms_per_step: float
+    losses: list[float] = field(repr=False)
+    draws: ImportanceSamples = field(repr=False)
+    guide: Any = field(repr=False)
+
+    @property
+    def reading(self) -> str:
+        r"""The reading of :math:`\hat k` (see :func:`~pyro_flows.infer.pareto_k_reading`)."""
+        return pareto_k_reading(self.pareto_k, self.draws.num_samples)
+
+
+def standard_guides(
+    flows: Sequence[str] = ("iaf", "maf"),
+    num_layers: int = 3,
+    hidden_dims: Sequence[int] | None = None,
+    baselines: bool = True,
+    **flow_kwargs: Any,
+) -> dict[str, GuideFactory]:
+    """Guide factories for a comparison: Pyro's baselines and flow guides of the given families.
+
+    Pyro's :class:`~pyro.infer.autoguide.AutoIAFNormal` gets the same number of layers and
+    hidden sizes as the flow guides.
+
+    Arguments:
+        flows: Families for :class:`~pyro_flows.infer.AutoFlowGuide`, labelled ``"flow:NAME"``.
+        num_layers: Layers of each flow (and of AutoIAFNormal).
+        hidden_dims: Hidden sizes of each layer's network (and of AutoIAFNormal).
+        baselines: Whether to include ``AutoNormal``, ``AutoMultivariateNormal`` and
+            ``AutoIAFNormal``.
+        flow_kwargs: Passed to :class:`~pyro_flows.infer.AutoFlowGuide`.
+    """
+    guides: dict[str, GuideFactory] = {}
+    if baselines:
+        guides["AutoNormal"] = AutoNormal
+        guides["AutoMultivariateNormal"] = AutoMultivariateNormal
+        hidden = None if hidden_dims is None else list(hidden_dims)
+        guides["AutoIAFNormal"] = lambda m: AutoIAFNormal(
+            m, hidden_dim=hidden, num_transforms=num_layers
+        )
+    for name in flows:
+        guides[f"flow:{name}"] = lambda m, name=name: AutoFlowGuide(
+            m, name, num_layers=num_layers, hidden_dims=hidden_dims, **flow_kwargs
+        )
+    return guides
+
+
+def guides_from_labels(
+    labels: str | Sequence[str],
+    num_layers: int = 3,
+    hidden_dims: Sequence[int] | None = None,
+    **flow_kwargs: Any,
+) -> dict[str, GuideFactory]:
+    """Guide factories from labels, as the examples take them on the command line.
+
+    A label is ``"AutoNormal"``, ``"AutoMultivariateNormal"``, ``"AutoIAFNormal"`` or
+    ``"flow:NAME"`` for any family name (see :func:`standard_guides`).
+
+    Arguments:
+        labels: A comma-separated string or a sequence of labels.
+        num_layers: Layers of each flow.
+        hidden_dims: Hidden sizes of each layer's network.
+        flow_kwargs: Passed to :class:`~pyro_flows.infer.AutoFlowGuide`.
+
+    Example:
+        >>> list(guides_from_labels("AutoNormal,flow:maf"))
+        ['AutoNormal', 'flow:maf']
+    """
+    if isinstance(labels, str):
+        labels = labels.split(",")
+    wanted = [s.strip() for s in labels if s.strip()]
+    flows = [s.split(":", 1)[1] for s in wanted if s.startswith("flow:")]
+    every = standard_guides(flows, num_layers, hidden_dims, **flow_kwargs)
+    unknown = [s for s in wanted if s not in every]
+    if unknown:
+        raise ValueError(f"unknown guides {unknown}; expected {sorted(every)} or flow:NAME")
+    return {s: every[s] for s in wanted}
+
+
+def compare_guides(
+    model: Callable[..., Any],
+    guides: Mapping[str, GuideFactory],
+    *args: Any,
+    num_steps: int = 1000,
+    lr: float = 1e-2,
+    num_particles: int = 1,
+    num_samples: int = 10_000,
+    seed: int = 0,
+    progress: bool = False,
+    max_plate_nesting: int | None = None,
+    failures: dict[str, str] | None = None,
+    **kwargs: Any,
+) -> dict[str, GuideReport]:
+    r"""Fits each guide with :func:`fit_svi` (same steps, seed and learning rate) and scores it.
+
+    Arguments:
+        model: A Pyro model.
+        guides: Label to ``factory(model)`` returning a fresh guide (see :func:`standard_guides`).
+        args: The arguments of the model.
+        num_steps: SVI steps per guide.
+        lr: The initial learning rate.
+        num_particles: Draws per ELBO estimate during the fit.
+        num_samples: Fresh draws for the ELBO, importance-weighted ELBO and :math:`\hat k`.
+        seed: The seed set before each fit.
+        progress: Whether to show progress bars.
+        max_plate_nesting: Passed to :func:`~pyro_flows.infer.importance_sample`.
+        failures: If a dict, a guide whose fit diverges (a NaN or infinite loss, or invalid
+            distribution parameters) is recorded there (label to message) and left out of the
+            result; by default the error propagates.
+        kwargs: The keyword arguments of the model.
+
+    Returns:
+        Label to :class:`GuideReport`, in the order of ``guides``.
+    """
+    reports = {}
+    for name, factory in guides.items():
+        pyro.clear_param_store()
+        pyro.set_rng_seed(seed)
+        guide = factory(model)
+        times: list[float] = []
+        t0 = time.perf_counter()
+        try:
+            losses = fit_svi(
+                model,
+                guide,
+                *args,
+                num_steps=num_steps,
+                lr=lr,
+                num_particles=num_particles,
+                progress=progress,
+                step_times=times,
+                **kwargs,
+            )
+        except (FloatingPointError, ValueError) as err:
+            if failures is None:
+                raise
+            failures[name] = f"diverged: {str(err).splitlines()[0]}"
+            continue
+        seconds = time.perf_counter() - t0
+        draws = importance_sample(
+            model,
+            guide,
+            *args,
+            num_samples=num_samples,
+            max_plate_nesting=max_plate_nesting,
+            **kwargs,
+        )
+        reports[name] = GuideReport(
+            name=name,
+            elbo=draws.elbo(),
+            elbo_se=draws.elbo_se(),
+            iw_elbo=draws.iw_elbo(),
+            pareto_k=draws.pareto_k(),
+            ess=draws.ess(),
+            seconds=seconds,
+            ms_per_step=1000 * statistics.median(times),
+            losses=losses,
+            draws=draws,
+            guide=guide,
+        )
+    return reports
+
+
+def format_table(
+    reports: Mapping[str, GuideReport],
+    log_z: float | None = None,
+    extra: Mapping[str, Mapping[str, float]] | None = None,
+) -> str:
+    r"""A plain-text table of reports: ELBO (± s.e.), IW-ELBO, :math:`\hat k`, ESS, time.
+
+    Arguments:
+        reports: The result of :func:`compare_guides`.
+        log_z: The true :math:`\log p(x)`, if known: a column ``gap`` (:math:`\log Z -`
+            ELBO) is added.
+        extra: Further columns: column name to (guide label to value).
+    """
+    extra = dict(extra or {})
+    head = ["guide", "ELBO", "+-se", "IW-ELBO", "k-hat", "reading", "ESS", "s", "ms/step"]
+    if log_z is not None:
+        head.insert(3, "gap")
+    head += list(extra)
+    rows = []
+    for name, r in reports.items():
+        row = [name, f"{r.elbo:.3f}", f"{r.elbo_se:.3f}", f"{r.iw_elbo:.3f}"]
+        if log_z is not None:
+            row.insert(3, f"{log_z - r.elbo:.3f}")
+        row += [f"{r.pareto_k:.2f}", r.reading, f"{r.ess:.0f}", f"{r.seconds:.1f}"]
+        row += [f"{r.ms_per_step:.1f}"]
+        row += [f"{extra[c].get(name, math.nan):.3f}" for c in extra]
+        rows.append(row)
+    widths = [max(len(x) for x in col) for col in zip(head, *rows, strict=True)]
+
+    def fmt(cells: list[str]) -> str:
+        first = cells[0].ljust(widths[0])
+        rest = [c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True)]
+        return "  ".join([first, *rest])
+
+    return "\n".join([fmt(head), fmt(["-" * w for w in widths]), *map(fmt, rows)])
+
+
+def pair_plot(
+    reports: Mapping[str, GuideReport],
+    var_names: Sequence[str],
+    path: str | Path,
+    coords: Mapping[str, Any] | None = None,
+    reference: Mapping[str, Any] | None = None,
+    num_points: int = 2000,
+    title: str | None = None,
+    limits: tuple[tuple[float, float], tuple[float, float]] | None = None,
+) -> Path:
+    """Draws an ArviZ pair plot of two coordinates for each guide, side by side, as a PNG.
+
+    Arguments:
+        reports: The result of :func:`compare_guides`.
+        var_names: The variables to plot (``arviz.plot_pair``'s ``var_names``), selecting two
+            scalar coordinates with ``coords``.
+        path: The PNG file to write (its folder is created).
+        coords: ArviZ coordinates selecting the coordinates, e.g. ``{"x_dim_0": [0]}``.
+        reference: An optional ``(x, y)`` pair of 1-D arrays of reference draws (exact samples or
+            MCMC), drawn in grey under each panel.
+        num_points: Guide draws shown per panel.
+        title: A figure title.
+        limits: ``((xmin, xmax), (ymin, ymax))`` of every panel.
+
+    Returns:
+        The path written.
+    """
+    from matplotlib import MatplotlibDeprecationWarning
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend is left alone
+
+    from .diagnostics import _arviz
+
+    az = _arviz()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = len(reports)
+    fig = Figure(figsize=(3.2 * n, 3.4))
+    axes = fig.subplots(1, n, squeeze=False, sharex=True, sharey=True)
+    for ax, (name, report) in zip(axes[0], reports.items(), strict=True):
+        draws = report.draws
+        sub = ImportanceSamples(
+            samples={k: v[:num_points] for k, v in draws.samples.items()},
+            log_weights=draws.log_weights[:num_points],
+            log_joint=draws.log_joint[:num_points],
+            log_guide=draws.log_guide[:num_points],
+            dims=draws.dims,
+        )
+        if reference is not None:
+            rx, ry = reference
+            ax.scatter(rx[:num_points], ry[:num_points], s=2, c="0.7", alpha=0.5)
+        idata = sub.to_inference_data()
+        with warnings.catch_warnings():
+            # ArviZ 0.x calls a matplotlib helper deprecated in matplotlib 3.11
+            warnings.filterwarnings("ignore", category=MatplotlibDeprecationWarning)
+            az.plot_pair(
+                idata,
+                var_names=list(var_names),
+                coords=dict(coords or {}),
+                kind="scatter",
+                ax=ax,
+                scatter_kwargs={"alpha": 0.3, "s": 2},
+            )
+        ax.set_title(f"{name}\nk-hat {report.pareto_k:.2f}", fontsize=9)
+        if limits is not None:
+            ax.set_xlim(*limits[0])
+            ax.set_ylim(*limits[1])
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path

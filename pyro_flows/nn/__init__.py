@@ -1,0 +1,42 @@
+"""Networks for flows: time-dependent vector fields, divergences and ODE regularisers."""
+
+from .divergence import NOISES, divergence, divergence_and_frobenius, hutchinson_noise
+from .fields import ACTIVATIONS, ConcatSquashLinear, VectorField
+from .lipschitz import (
+    LIPSCHITZ_ACTIVATIONS,
+    Linearization,
+    LipschitzConv2d,
+    LipschitzConvNet,
+    LipschitzELU,
+    LipschitzLinear,
+    LipschitzMLP,
+    LipschitzNetwork,
+    LipschitzNorm,
+    LipSwish,
+    lipschitz_norm,
+)
+from .regularization import jacobian_frobenius, kinetic_energy, ode_regularization
+
+__all__ = [
+    "ACTIVATIONS",
+    "LIPSCHITZ_ACTIVATIONS",
+    "NOISES",
+    "ConcatSquashLinear",
+    "Linearization",
+    "LipschitzConv2d",
+    "LipschitzConvNet",
+    "LipschitzELU",
+    "LipschitzLinear",
+    "LipschitzMLP",
+    "LipschitzNetwork",
+    "LipschitzNorm",
+    "LipSwish",
+    "VectorField",
+    "divergence",
+    "divergence_and_frobenius",
+    "hutchinson_noise",
+    "jacobian_frobenius",
+    "kinetic_energy",
+    "lipschitz_norm",
+    "ode_regularization",
+]

@@ -1,0 +1,402 @@
+import csv
+import os
+import runpy
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pyro_flows.cli import main
+from pyro_flows.density import DensityEstimator
+
+TINY = ["--layers", "1", "--hidden", "8", "--steps", "30", "--batch-size", "64", "--no-progress"]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def write_csv(path, header, rows):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        if header:
+            w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def read_csv(path):
+    with open(path) as f:
+        rows = list(csv.reader(f))
+    return rows[0], np.array(rows[1:], dtype=float)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A 3-column CSV with a header (a, b depend on c; c is a context) and a text column."""
+    rng = np.random.default_rng(0)
+    c = rng.normal(size=300)
+    a = 2 * c + 0.5 * rng.normal(size=300)
+    b = 100 + 10 * rng.normal(size=300)
+    rows = [[f"{a[i]:.6f}", f"{b[i]:.6f}", f"{c[i]:.6f}", f"id{i}"] for i in range(300)]
+    return write_csv(tmp_path_factory.mktemp("data") / "data.csv", ["a", "b", "c", "name"], rows)
+
+
+@pytest.fixture(scope="module")
+def model(data):
+    out = data.parent / "model.pt"
+    assert main(["fit", str(data), "--columns", "a,b", "--out", str(out), *TINY]) == 0
+    return out
+
+
+def test_help_on_every_command(capsys):
+    for command in ([], ["fit"], ["sample"], ["score"], ["plot"]):
+        assert main([*command, "--help"]) == 0
+        assert "usage: pyro-flows" in capsys.readouterr().out
+    assert main([]) == 2  # a command is required
+    assert "COMMAND" in capsys.readouterr().err
+
+
+def test_python_dash_m(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["pyro-flows", "--version"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_module("pyro_flows", run_name="__main__")
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith("pyro-flows ")
+
+
+def test_end_to_end(data, model, tmp_path, capsys):
+    capsys.readouterr()
+    logp = tmp_path / "logp.csv"
+    assert main(["score", str(model), str(data), "--out", str(logp)]) == 0
+    summary = capsys.readouterr().out
+    assert "300 rows, mean NLL" in summary and "±" in summary
+    header, values = read_csv(logp)
+    assert header == ["log_prob"] and values.shape == (300, 1)
+    assert np.isfinite(values).all()
+    nll = float(summary.split("mean NLL ")[1].split()[0])
+    assert abs(nll + values.mean()) < 1e-3
+
+    # The reloaded model gives identical scores (to the 10 digits written).
+    x = np.genfromtxt(data, delimiter=",", skip_header=1, usecols=(0, 1))
+    scores = DensityEstimator.load(model).score_samples(x)
+    np.testing.assert_allclose(values[:, 0], scores, rtol=1e-9)
+    assert main(["score", str(model), str(data), "--out", str(tmp_path / "again.csv")]) == 0
+    assert (tmp_path / "again.csv").read_bytes() == logp.read_bytes()
+
+    samples = tmp_path / "samples.csv"
+    assert main(["sample", str(model), "-n", "50", "--out", str(samples)]) == 0
+    header, values = read_csv(samples)
+    assert header == ["a", "b"] and values.shape == (50, 2) and np.isfinite(values).all()
+    assert abs(values[:, 1].mean() - 100) < 10  # samples are in the data's units
+
+    fig = tmp_path / "fig.png"
+    assert main(["plot", str(model), str(data), "--out", str(fig), "-n", "100"]) == 0
+    assert fig.read_bytes()[:8] == PNG
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "again.csv",
+        "fig.png",
+        "logp.csv",
+        "samples.csv",
+    ]
+
+
+def test_conditional_fit(data, tmp_path, capsys):
+    out = tmp_path / "cond.pt"
+    assert (
+        main(["fit", str(data), "--columns", "a,b", "--context", "c", "--out", str(out), *TINY])
+        == 0
+    )
+    est = DensityEstimator.load(out)
+    assert (est.feature_names_in_, est.context_names_in_) == (["a", "b"], ["c"])
+    capsys.readouterr()
+    assert main(["score", str(out), str(data)]) == 0  # context columns found by name
+    assert "mean NLL" in capsys.readouterr().out
+
+    at = tmp_path / "at.csv"
+    assert main(["sample", str(out), "-n", "20", "--context", "1.5", "--out", str(at)]) == 0
+    header, values = read_csv(at)
+    assert header == ["a", "b", "c"] and values.shape == (20, 3)
+    assert (values[:, 2] == 1.5).all()
+
+    rows = tmp_path / "rows.npy"
+    assert main(["sample", str(out), "--context-data", str(data), "--out", str(rows)]) == 0
+    values = np.load(rows)
+    assert values.shape == (300, 3)
+    np.testing.assert_allclose(
+        values[:, 2], np.genfromtxt(data, delimiter=",", skip_header=1, usecols=2), atol=1e-6
+    )
+    assert main(["plot", str(out), str(data), "--out", str(tmp_path / "c.png")]) == 0
+
+    capsys.readouterr()
+    assert main(["sample", str(out), "--out", str(tmp_path / "x.csv")]) == 1
+    assert "conditional on (c)" in capsys.readouterr().err
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_headerless_csv_npy_npz(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(200, 3))
+    plain = write_csv(tmp_path / "plain.csv", None, x.tolist())
+    np.save(tmp_path / "x.npy", x)
+    np.savez(tmp_path / "x.npz", first=x, other=x[:, :2])
+
+    out = tmp_path / "plain.pt"
+    assert (
+        main(["fit", str(plain), "--columns", "0,2", "--context", "1", "--out", str(out), *TINY])
+        == 0
+    )
+    est = DensityEstimator.load(out)
+    assert (est.feature_names_in_, est.context_names_in_) == (["0", "2"], ["1"])
+    capsys.readouterr()
+    assert main(["score", str(out), str(plain)]) == 0  # columns found by position
+    csv_summary = capsys.readouterr().out
+    assert main(["score", str(out), str(tmp_path / "x.npy")]) == 0
+    npy_summary = capsys.readouterr().out
+    assert csv_summary.split(":", 1)[1] == npy_summary.split(":", 1)[1]
+    rows = tmp_path / "rows.csv"
+    assert main(["sample", str(out), "--context-data", str(plain), "--out", str(rows)]) == 0
+    header, values = read_csv(rows)
+    assert header == ["0", "2", "1"] and values.shape == (200, 3)
+    np.testing.assert_allclose(values[:, 2], x[:, 1], rtol=1e-8)
+
+    assert (
+        main(
+            [
+                "fit",
+                str(tmp_path / "x.npz"),
+                "--key",
+                "other",
+                "--out",
+                str(tmp_path / "z.pt"),
+                *TINY,
+            ]
+        )
+        == 0
+    )
+    assert DensityEstimator.load(tmp_path / "z.pt").n_features_in_ == 2
+
+
+def test_installed_console_script(data, model, tmp_path):
+    script = shutil.which(
+        "pyro-flows",
+        path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+    )
+    assert script is not None, (
+        "the pyro-flows console script is not installed: run `pip install -e .` "
+        "(or FORCE=1 bash .ci/setup)"
+    )
+    out = tmp_path / "logp.npy"
+    run = subprocess.run(
+        [script, "score", str(model), str(data), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "mean NLL" in run.stdout
+    x = np.genfromtxt(data, delimiter=",", skip_header=1, usecols=(0, 1))
+    np.testing.assert_array_equal(np.load(out), DensityEstimator.load(model).score_samples(x))
+
+
+# -- bad input: a clear message naming the file, column or option; a non-zero exit; no output.
+
+
+@pytest.fixture
+def bad(tmp_path):
+    """Writes small bad-input files into tmp_path; returns a helper making CSVs there."""
+
+    def make(name, header, rows):
+        return str(write_csv(tmp_path / name, header, rows))
+
+    return make
+
+
+def good_rows(n=40):
+    rng = np.random.default_rng(2)
+    return rng.normal(size=(n, 3)).round(4).tolist()
+
+
+CASES = {
+    "missing file": (lambda bad: ["fit", "nope.csv"], ["nope.csv: no such file"], 1),
+    "non-numeric column": (
+        lambda bad: [
+            "fit",
+            bad("t.csv", ["a", "b", "c"], good_rows()[:3] + [[1, "abc", 2]] + good_rows()[3:]),
+        ],
+        ["t.csv: column 'b' is not numeric: line 5 holds 'abc'"],
+        1,
+    ),
+    "empty value": (
+        lambda bad: ["fit", bad("t.csv", ["a", "b", "c"], [[1, "", 2]] + good_rows())],
+        ["column 'b' is not numeric: line 2 holds an empty value"],
+        1,
+    ),
+    "NaN value": (
+        lambda bad: [
+            "fit",
+            bad("t.csv", ["a", "b", "c"], good_rows()[:6] + [[1, 2, "nan"]] + good_rows()[6:]),
+        ],
+        ["t.csv: column 'c' has 1 NaN or infinite value(s), the first on line 8"],
+        1,
+    ),
+    "inf value, no header": (
+        lambda bad: ["fit", bad("t.csv", None, good_rows() + [["-inf", 1, 2]])],
+        ["t.csv: column 0 has 1 NaN or infinite value(s), the first on line 41"],
+        1,
+    ),
+    "constant column": (
+        lambda bad: ["fit", bad("t.csv", ["a", "b", "k"], [r[:2] + [7] for r in good_rows()])],
+        ["t.csv: column 'k' is constant (every value is 7)", "--columns"],
+        1,
+    ),
+    "too few rows for validation": (
+        lambda bad: ["fit", bad("t.csv", ["a", "b", "c"], good_rows(5))],
+        [
+            "t.csv: too few rows (5) for a validation split with --val-fraction 0.1",
+            "at least 10 rows",
+        ],
+        1,
+    ),
+    "missing context column": (
+        lambda bad: ["fit", bad("t.csv", ["a", "b", "c"], good_rows()), "--context", "zz"],
+        ["t.csv: has no column 'zz' (--context); its columns are: a, b, c"],
+        1,
+    ),
+    "context index out of range": (
+        lambda bad: ["fit", bad("t.csv", ["a", "b", "c"], good_rows()), "--context", "7"],
+        ["--context index 7 is out of range"],
+        1,
+    ),
+    "missing data column": (
+        lambda bad: ["fit", bad("t.csv", ["a", "b", "c"], good_rows()), "--columns", "a,q"],
+        ["has no column 'q' (--columns)"],
+        1,
+    ),
+    "column in data and context": (
+        lambda bad: [
+            "fit",
+            bad("t.csv", ["a", "b", "c"], good_rows()),
+            "--columns",
+            "a,b",
+            "--context",
+            "b",
+        ],
+        ["column 'b' is in both --columns and --context"],
+        1,
+    ),
+    "ragged csv": (
+        lambda bad: ["fit", bad("t.csv", ["a", "b", "c"], good_rows() + [[1, 2]])],
+        ["t.csv: line 42 has 2 fields, but line 1 has 3", "--delimiter"],
+        1,
+    ),
+    "unsupported file type": (
+        lambda bad: ["fit", bad("t.txt", ["a"], [[1]])],
+        ["t.txt: unsupported file type '.txt'; use one of .csv, .npy, .npz"],
+        1,
+    ),
+    "one column for maf": (
+        lambda bad: ["fit", bad("t.csv", ["a", "b", "c"], good_rows()), "--columns", "a"],
+        ["--flow maf needs at least 2 data columns", "--flow spline"],
+        1,
+    ),
+    "flow without conditional variant": (
+        lambda bad: [
+            "fit",
+            bad("t.csv", ["a", "b", "c"], good_rows()),
+            "--context",
+            "c",
+            "--flow",
+            "nsf",
+        ],
+        ["--flow nsf has no conditional variant, so it cannot take --context"],
+        1,
+    ),
+    "patience without validation": (
+        lambda bad: [
+            "fit",
+            bad("t.csv", ["a", "b", "c"], good_rows()),
+            "--patience",
+            "3",
+            "--val-fraction",
+            "0",
+        ],
+        ["--patience needs a validation split"],
+        1,
+    ),
+    "output directory missing": (
+        lambda bad: ["fit", bad("t.csv", ["a", "b", "c"], good_rows()), "--out", "no/dir/m.pt"],
+        ["--out no/dir/m.pt: the directory 'no/dir' does not exist"],
+        1,
+    ),
+    "bad --hidden": (
+        lambda bad: ["fit", bad("t.csv", ["a", "b", "c"], good_rows()), "--hidden", "64,x"],
+        ["argument --hidden: expected positive integers"],
+        2,
+    ),
+    "bad --val-fraction": (
+        lambda bad: ["fit", bad("t.csv", ["a", "b", "c"], good_rows()), "--val-fraction", "1.5"],
+        ["argument --val-fraction: expected a number in [0, 1)"],
+        2,
+    ),
+    "unknown flow": (
+        lambda bad: ["fit", bad("t.csv", ["a", "b", "c"], good_rows()), "--flow", "naf"],
+        ["argument --flow: invalid choice: 'naf'"],
+        2,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASES)
+def test_bad_input(case, bad, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    make_argv, messages, code = CASES[case]
+    argv = make_argv(bad)
+    if "--out" not in argv:
+        argv += ["--out", "m.pt"]
+    before = set(os.listdir(tmp_path))
+    assert main([*argv, *TINY]) == code
+    err = capsys.readouterr().err
+    for message in messages:
+        assert message in err, err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("pyro-flows fit: error: ") and messages[0] in last, err
+    if code == 1:
+        assert len(err.strip().splitlines()) == 1, err  # one line, no usage or traceback
+    assert set(os.listdir(tmp_path)) == before  # nothing written, not even a temporary file
+
+
+def test_bad_npz_key(tmp_path, capsys):
+    path = tmp_path / "x.npz"
+    np.savez(path, a=np.zeros((5, 2)), b=np.zeros((5, 2)))
+    assert main(["fit", str(path), "--out", str(tmp_path / "m.pt")]) == 1
+    assert "holds several arrays (a, b); choose one with --key" in capsys.readouterr().err
+    assert main(["fit", str(path), "--key", "c", "--out", str(tmp_path / "m.pt")]) == 1
+    assert "has no array 'c' (--key); its arrays are: a, b" in capsys.readouterr().err
+
+
+def test_bad_model_files(data, model, tmp_path, capsys):
+    capsys.readouterr()
+    out = tmp_path / "logp.csv"
+    assert main(["score", str(tmp_path / "none.pt"), str(data), "--out", str(out)]) == 1
+    assert "none.pt: no such file (MODEL)" in capsys.readouterr().err
+
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(model.read_bytes()[:-500])
+    assert main(["score", str(corrupt), str(data), "--out", str(out)]) == 1
+    assert "corrupt.pt: not a pyro_flows model file, or a corrupt one" in capsys.readouterr().err
+
+    old = torch.load(model, weights_only=True)
+    old["format_version"] = 0
+    torch.save(old, tmp_path / "old.pt")
+    assert main(["sample", str(tmp_path / "old.pt"), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "old.pt: model file format version 0" in err and "refit" in err
+    assert not out.exists()
+
+    # The model's columns are looked up by name; a file without them is refused.
+    other = write_csv(tmp_path / "other.csv", ["x", "y"], [[1, 2], [3, 4]])
+    assert main(["score", str(model), str(other)]) == 1
+    assert "other.csv: has no column 'a'" in capsys.readouterr().err

@@ -1,0 +1,264 @@
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import multivariate_normal
+
+import pyro_flows.density as density
+from pyro_flows.density import (
+    FORMAT_VERSION,
+    ContextStandardization,
+    DensityEstimator,
+    ModelFileError,
+    Standardization,
+)
+from pyro_flows.distributions import NormalizingFlow
+from pyro_flows.flows import build
+
+# A 2-D Gaussian far from the origin with very different scales: a score in the wrong units
+# would be off by log(10 * 0.1) terms and the offset, so matching it to TOL checks the units.
+MU = np.array([100.0, -3.0])
+COV = np.array([[100.0, 0.6], [0.6, 0.01]])
+# Tolerance of |mean log q - mean log p| on 2000 test rows: the fitted MLE of 5 parameters
+# from 2000 rows is off by about 5 / (2 * 2000) = 0.001 nats in KL; optimisation left over
+# after a few hundred steps adds at most ~0.01.
+TOL = 0.02
+
+
+def gaussian(mu, cov, n, seed):
+    return np.random.default_rng(seed).multivariate_normal(mu, cov, size=n)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    x = gaussian(MU, COV, 2000, 0)
+    est = DensityEstimator(
+        "maf",
+        num_layers=1,
+        hidden_dims=(8,),
+        num_steps=300,
+        lr=2e-2,
+        batch_size=500,
+        seed=0,
+        dtype="float64",
+    )
+    return est.fit(x, feature_names=["a", "b"])
+
+
+def test_gaussian_scores_in_original_units_with_standardisation(fitted):
+    test = gaussian(MU, COV, 2000, 1)
+    true = multivariate_normal(MU, COV).logpdf(test)
+    assert abs(fitted.score(test) - true.mean()) < TOL
+    assert np.allclose(fitted.mean_, test.mean(0), rtol=0.05, atol=0.05)
+
+
+def test_gaussian_scores_without_standardisation():
+    mu, cov = np.array([2.0, -1.0]), np.array([[2.0, 0.6], [0.6, 0.5]])
+    est = DensityEstimator(
+        "maf",
+        num_layers=1,
+        hidden_dims=(8,),
+        num_steps=800,
+        lr=1e-2,  # unstandardised data: 2e-2 made this one-layer MAF's fit seed-dependent
+        batch_size=500,
+        seed=0,
+        dtype="float64",
+        standardize=False,
+    ).fit(gaussian(mu, cov, 2000, 0))
+    assert est.mean_ is None
+    test = gaussian(mu, cov, 2000, 1)
+    assert abs(est.score(test) - multivariate_normal(mu, cov).logpdf(test).mean()) < TOL
+
+
+def test_standardisation_log_det_is_counted(fitted):
+    # log q(x) = log q_core((x - mu) / sigma) - sum(log sigma), exactly.
+    x = gaussian(MU, COV, 50, 2)
+    core = NormalizingFlow(fitted.flow_.transform.parts[0], 2)
+    z = torch.as_tensor((x - fitted.mean_) / fitted.scale_)
+    expected = core.log_prob(z).detach().numpy() - np.log(fitted.scale_).sum()
+    np.testing.assert_allclose(fitted.score_samples(x), expected, rtol=1e-12, atol=1e-10)
+
+
+def test_standardization_transform(float64):
+    t = Standardization(torch.tensor([1.0, -2.0, 3.0]), torch.tensor([0.5, 2.0, 4.0]))
+    x = torch.randn(5, 3)
+    y = t(x)
+    assert torch.allclose(t.inv(y.clone()), x)
+    jac = torch.autograd.functional.jacobian(lambda v: t._call(v), x[0])
+    ladj = t.log_abs_det_jacobian(x, y)
+    assert ladj.shape == (5,)
+    assert torch.allclose(ladj, torch.linalg.slogdet(jac).logabsdet.expand(5))
+    assert torch.allclose(t.inv.log_abs_det_jacobian(y, x), -ladj)
+    assert set(t.state_dict()) == {"loc", "scale"}
+    assert not list(t.parameters())
+    with pytest.raises(ValueError, match="scale must be > 0"):
+        Standardization(torch.zeros(2), torch.tensor([1.0, 0.0]))
+
+
+def test_context_standardization_feeds_standardised_context():
+    inner = build("maf", 2, num_layers=1, context_dim=1, hidden_dims=[8])
+    t = ContextStandardization(inner, torch.tensor([100.0]), torch.tensor([10.0]))
+    z = torch.randn(4, 2)
+    assert torch.allclose(t.condition(torch.tensor([110.0]))(z), inner.condition(torch.ones(1))(z))
+
+
+def test_save_load_gives_identical_scores_and_samples(fitted, tmp_path):
+    path = tmp_path / "model.pt"
+    fitted.save(path)
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]  # no temporary file left
+    loaded = DensityEstimator.load(path)
+    x = gaussian(MU, COV, 100, 3)
+    np.testing.assert_array_equal(loaded.score_samples(x), fitted.score_samples(x))
+    np.testing.assert_array_equal(loaded.sample(7, seed=1), fitted.sample(7, seed=1))
+    assert loaded.get_params() == {**fitted.get_params(), "hidden_dims": [8]}
+    assert loaded.feature_names_in_ == ["a", "b"]
+    assert loaded.history_ == fitted.history_
+    np.testing.assert_array_equal(loaded.scale_, fitted.scale_)
+    assert loaded.library_version_ == __import__("pyro_flows").__version__
+
+
+def test_conditional_gaussian(tmp_path):
+    # x | c ~ N(2 c + 5, 0.5^2) (plus an independent N(0, 1) column): a known conditional.
+    rng = np.random.default_rng(0)
+    c = rng.normal(3.0, 2.0, size=(3000, 1))
+    x = np.concatenate([2 * c + 5 + 0.5 * rng.normal(size=c.shape), rng.normal(size=c.shape)], 1)
+    est = DensityEstimator(
+        "maf",
+        num_layers=1,
+        hidden_dims=(16,),
+        num_steps=400,
+        lr=1e-2,
+        batch_size=500,
+        seed=0,
+        dtype="float64",
+    ).fit(x[:2000], c[:2000])
+    true = (
+        -0.5 * ((x[2000:, 0] - 2 * c[2000:, 0] - 5) / 0.5) ** 2
+        - math.log(0.5)
+        - 0.5 * x[2000:, 1] ** 2
+        - math.log(2 * math.pi)
+    )
+    assert abs(est.score(x[2000:], c[2000:]) - true.mean()) < 0.05
+    assert est.sample(5, c[0]).shape == (5, 2)
+    assert est.sample(5, c[:3]).shape == (5, 3, 2)
+    est.save(tmp_path / "c.pt")
+    loaded = DensityEstimator.load(tmp_path / "c.pt")
+    np.testing.assert_array_equal(loaded.score_samples(x, c), est.score_samples(x, c))
+    with pytest.raises(ValueError, match="conditional"):
+        est.score_samples(x)
+    assert est.log_prob(x[:4], c[:4]).requires_grad
+    np.testing.assert_allclose(
+        est.score_samples(x[:4], c[0]), est.score_samples(x[:4], c[[0] * 4])
+    )
+
+
+def test_sample_seed_leaves_global_rng(fitted):
+    state = torch.get_rng_state()
+    a = fitted.sample(3, seed=5)
+    assert torch.equal(torch.get_rng_state(), state)
+    np.testing.assert_array_equal(a, fitted.sample(3, seed=5))
+
+
+def test_sklearn_protocol(fitted):
+    sklearn_base = pytest.importorskip("sklearn.base")
+    clone = sklearn_base.clone(fitted)
+    assert clone.get_params() == fitted.get_params()
+    assert not hasattr(clone, "flow_")
+    assert "num_layers=1" in repr(fitted)
+    with pytest.raises(ValueError, match="unknown parameter"):
+        DensityEstimator().set_params(layers=3)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        DensityEstimator().score_samples(np.zeros((2, 2)))
+
+
+@pytest.mark.parametrize(
+    "x, kwargs, match",
+    [
+        (np.array([[0.0, 1.0], [np.nan, 2.0], [1.0, 3.0]]), {}, r"X column 0 has 1 NaN"),
+        (np.array([[0.0, 1.0], [1.0, 1.0], [2.0, 1.0]]), {}, r"X column 1 is constant"),
+        (np.ones((5, 2)).cumsum(0), {"val_fraction": 0.1}, r"too few rows for a validation"),
+        (np.zeros(5), {}, r"reshape\(-1, 1\)"),
+        (np.ones((50, 2)).cumsum(0), {"flow": "naf"}, r"cannot score data"),
+        (np.ones((50, 2)).cumsum(0), {"flow": "nope"}, r"unknown flow 'nope'"),
+        (np.ones((50, 1)).cumsum(0), {}, r"needs at least 2 columns"),
+        (np.ones((50, 2)).cumsum(0), {"patience": 2, "val_fraction": 0.0}, r"patience needs"),
+    ],
+)
+def test_fit_errors(x, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        DensityEstimator(num_layers=1, hidden_dims=(4,), num_steps=1, **kwargs).fit(x)
+
+
+def test_fit_error_names_dataframe_column():
+    pd = pytest.importorskip("pandas")
+    df = pd.DataFrame({"height": [1.0, 2.0, 3.0], "age": [4.0, 4.0, 4.0]})
+    with pytest.raises(ValueError, match="X column 'age' is constant"):
+        DensityEstimator(num_steps=1, val_fraction=0).fit(df)
+
+
+def _payload(path):
+    return torch.load(path, weights_only=True)
+
+
+def test_load_refuses_bad_files(fitted, tmp_path):
+    good = tmp_path / "good.pt"
+    fitted.save(good)
+    data = good.read_bytes()
+
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        DensityEstimator.load(tmp_path / "missing.pt")
+
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelFileError, match="not a pyro_flows model file, or a corrupt one"):
+        DensityEstimator.load(truncated)
+
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"a,b\n1,2\n")
+    with pytest.raises(ModelFileError, match="corrupt"):
+        DensityEstimator.load(garbage)
+
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weight": torch.zeros(3)}, foreign)
+    with pytest.raises(ModelFileError, match="not a pyro_flows model file"):
+        DensityEstimator.load(foreign)
+
+    future = _payload(good)
+    future["format_version"] = FORMAT_VERSION + 98
+    torch.save(future, tmp_path / "future.pt")
+    with pytest.raises(ModelFileError, match=r"format version 99 .* upgrade pyro_flows"):
+        DensityEstimator.load(tmp_path / "future.pt")
+
+    tampered = _payload(good)
+    key = next(k for k in tampered["state_dict"] if k.endswith("scale"))
+    tampered["state_dict"][key] = tampered["state_dict"][key] * 2  # units silently wrong
+    torch.save(tampered, tmp_path / "tampered.pt")
+    with pytest.raises(ModelFileError, match="checksum does not match"):
+        DensityEstimator.load(tmp_path / "tampered.pt")
+
+    # A self-consistent file whose settings no longer build the saved architecture.
+    other = _payload(good)
+    meta = json.loads(other["meta"])
+    meta["params"]["hidden_dims"] = [9]
+    other["meta"] = json.dumps(meta, sort_keys=True)
+    other["sha256"] = density._digest(other["meta"], other["state_dict"])
+    torch.save(other, tmp_path / "other.pt")
+    with pytest.raises(ModelFileError, match="does not match the model"):
+        DensityEstimator.load(tmp_path / "other.pt")
+
+
+def test_save_is_atomic(fitted, tmp_path, monkeypatch):
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"previous")
+
+    def broken_save(obj, f):
+        f.write(b"half a model")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(density.torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        fitted.save(path)
+    assert path.read_bytes() == b"previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]

@@ -1,0 +1,79 @@
+"""Each inference example runs end to end with tiny settings and writes its PNG."""
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+PNG = b"\x89PNG\r\n\x1a\n"
+# Two guides keep it quick; the defaults compare five.
+TINY = ["--num-steps", "5", "--num-samples", "200", "--no-progress", "--num-particles", "2"]
+GUIDES = ["--guides", "AutoNormal,flow:iaf", "--num-layers", "1", "--hidden", "32"]
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True)
+def _keep_threads():
+    old = torch.get_num_threads()
+    yield
+    torch.set_num_threads(old)
+
+
+def _run(name, tmp_path, *extra):
+    example = _load(name)
+    out = tmp_path / f"{name}.png"
+    results = example.main(example.parse_args([*extra, "--out", str(out)]))
+    assert out.read_bytes()[:8] == PNG
+    return results
+
+
+@pytest.mark.parametrize("name", ["vi_funnel", "vi_banana", "vi_logistic_regression"])
+def test_comparison_examples(name, tmp_path, capsys):
+    results = _run(name, tmp_path, *TINY, *GUIDES)
+    assert list(results) == ["AutoNormal", "flow:iaf"]
+    for row in results.values():
+        assert math.isfinite(row["elbo"]) and math.isfinite(row["seconds"])
+        assert not math.isnan(row["pareto_k"])
+    printed = capsys.readouterr().out
+    assert "k-hat" in printed and "flow:iaf" in printed
+
+
+def test_eight_schools_with_and_without_reference(tmp_path, capsys):
+    results = _run("vi_eight_schools", tmp_path, *TINY, *GUIDES, "--data-dir", str(tmp_path))
+    assert "skipped" in capsys.readouterr().out
+    assert set(results["flow:iaf"]) == {"elbo", "pareto_k", "seconds"}
+    example = _load("vi_eight_schools")
+    if example.load_reference(example.parse_args([]).data_dir) is None:
+        pytest.skip("posteriordb reference draws not found")
+    results = _run("vi_eight_schools", tmp_path, *TINY, *GUIDES, "--centered")
+    assert {"mean", "sd"} <= set(results["flow:iaf"])
+
+
+def test_flow_prior_example(tmp_path, capsys):
+    tiny = ["--num-steps", "5", "--fit-steps", "5", "--num-samples", "200", "--no-progress"]
+    results = _run("vi_flow_prior", tmp_path, *tiny, "--num-layers", "1", "--hidden", "8")
+    assert all(math.isfinite(v) for v in results.values())
+    assert "sequential vs exact" in capsys.readouterr().out
+
+
+def test_examples_defaults():
+    args = _load("vi_funnel").parse_args([])
+    assert (args.dim, args.num_steps, args.num_samples) == (10, 2000, 10_000)
+    assert args.guides.split(",") == [
+        "AutoNormal",
+        "AutoMultivariateNormal",
+        "AutoIAFNormal",
+        "flow:iaf",
+        "flow:maf",
+    ]
+    with pytest.raises(ValueError, match="unknown guides"):
+        _load("vi_banana").main(_load("vi_banana").parse_args(["--guides", "AutoMagic"]))
