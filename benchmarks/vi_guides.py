@@ -19,7 +19,9 @@ Three sections (``--section``), each one run, not a timed test:
 Results are printed as markdown tables and saved to ``--json`` (updated model by model, so a
 long run can be resumed with ``--models``).
 
-    python benchmarks/vi_guides.py --section funnel --num-steps 5000
+    python benchmarks/vi_guides.py --section funnel --num-steps 10000 \\
+        --flow-kwargs '{"log_scale_bound": 8}'
+    python benchmarks/vi_guides.py --section posteriordb --num-steps 5000
     python benchmarks/vi_guides.py --section posteriordb --models eight_schools,kidiq
     python benchmarks/vi_guides.py --section step-time
 """
@@ -60,6 +62,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-layers", type=int, default=3)
     parser.add_argument("--hidden", default="40,40", help="hidden sizes, comma-separated")
     parser.add_argument("--init-scale", type=float, default=1.0, help="of the flow guides")
+    parser.add_argument(
+        "--flow-kwargs",
+        default="{}",
+        help="JSON of AutoFlowGuide keyword arguments, e.g. '{\"log_scale_bound\": 8}'",
+    )
     parser.add_argument("--num-steps", type=int, default=5000)
     parser.add_argument("--lr", type=float, default=5e-3)
     parser.add_argument("--num-particles", type=int, default=8)
@@ -390,7 +397,10 @@ def run_step_time(args: argparse.Namespace) -> None:
 def main(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     hidden = [int(h) for h in args.hidden.split(",") if h.strip()]
-    guides = guides_from_labels(args.guides, args.num_layers, hidden, init_scale=args.init_scale)
+    flow_kwargs = json.loads(args.flow_kwargs)
+    guides = guides_from_labels(
+        args.guides, args.num_layers, hidden, init_scale=args.init_scale, **flow_kwargs
+    )
     sections = ["funnel", "posteriordb", "step-time"] if args.section == "all" else [args.section]
     if "funnel" in sections:
         run_funnel(args, guides)

@@ -370,10 +370,10 @@ def _data_columns(
 
 def _cmd_fit(args: argparse.Namespace) -> int:
     from .density import DensityEstimator
-    from .flows import FAMILIES, _family
+    from .flows import FAMILIES, lookup_family
 
     out = _check_out(args.out)
-    name, family = _family(args.flow)
+    name, family = lookup_family(args.flow)
     table = read_table(args.data, key=args.key, header=args.header, delimiter=args.delimiter)
     cols, ctx = _data_columns(table, args.columns, args.context)
     x = _numeric(table, cols)

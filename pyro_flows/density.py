@@ -22,7 +22,7 @@ from torch import Tensor
 from . import transforms as T
 from ._validation import check_choice, check_hidden_dims, check_positive_int
 from .distributions import NormalizingFlow
-from .flows import FAMILIES, _family, build
+from .flows import FAMILIES, build, lookup_family
 from .training import FitHistory
 from .training import fit as fit_model
 
@@ -372,7 +372,7 @@ class DensityEstimator:
 
     # -- building -----------------------------------------------------------------------------
     def _check_params(self) -> tuple[str, list[int], torch.dtype]:
-        name, family = _family(self.flow)
+        name, family = lookup_family(self.flow)
         if not family.invertible:
             scorable = sorted(k for k, f in FAMILIES.items() if f.invertible)
             raise ValueError(

@@ -14,7 +14,14 @@ from . import transforms as T
 from ._validation import check_choice, check_positive_int
 from .distributions import NormalizingFlow
 
-__all__ = ["FAMILIES", "Family", "build", "normalizing_flow", "register_family"]
+__all__ = [
+    "FAMILIES",
+    "Family",
+    "build",
+    "lookup_family",
+    "normalizing_flow",
+    "register_family",
+]
 
 
 @dataclass(frozen=True)
@@ -92,7 +99,11 @@ def register_family(name: str, family: Family) -> None:
     FAMILIES[name] = family
 
 
-def _family(name: str) -> tuple[str, Family]:
+def lookup_family(name: str) -> tuple[str, Family]:
+    """Returns the canonical name and the :class:`Family` of ``name`` (an alias is resolved).
+
+    Raises a ValueError listing the known names when ``name`` is unknown.
+    """
     name = _ALIASES.get(name, name)
     check_choice(name, tuple(FAMILIES) + tuple(_ALIASES), "flow")
     return name, FAMILIES[name]
@@ -145,7 +156,7 @@ def build(
         >>> flow(torch.randn(5, 3)).shape
         torch.Size([5, 3])
     """
-    name, family = _family(name)
+    name, family = lookup_family(name)
     check_positive_int(input_dim, "input_dim", minimum=family.min_dim)
     check_positive_int(num_layers, "num_layers")
     if context_dim is not None:

@@ -2,6 +2,7 @@
 
 import importlib.util
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -77,3 +78,14 @@ def test_examples_defaults():
     ]
     with pytest.raises(ValueError, match="unknown guides"):
         _load("vi_banana").main(_load("vi_banana").parse_args(["--guides", "AutoMagic"]))
+
+
+def test_vi_benchmark_skips_cleanly_without_data(tmp_path, capsys, monkeypatch):
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "vi_guides.py"
+    spec = importlib.util.spec_from_file_location("vi_guides", path)
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "vi_guides", bench)  # its dataclass looks itself up
+    spec.loader.exec_module(bench)
+    args = bench.parse_args(["--section", "posteriordb", "--data-dir", str(tmp_path)])
+    bench.run_posteriordb(args, {})
+    assert "section skipped" in capsys.readouterr().out

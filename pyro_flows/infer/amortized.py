@@ -18,7 +18,7 @@ from torch.distributions import biject_to
 from torch.distributions.transforms import ReshapeTransform
 
 from .._validation import check_positive_int
-from ..flows import _family, build
+from ..flows import build, lookup_family
 from .guides import guide_direction
 
 __all__ = ["AmortizedFlowGuide"]
@@ -112,7 +112,7 @@ class AmortizedFlowGuide(AutoGuide):
             raise TypeError(f"init_scale must be a positive number, got {init_scale!r}")
         if init_scale <= 0:
             raise ValueError(f"init_scale must be a positive number, got {init_scale!r}")
-        self._family_name, family = _family(flow)
+        self._family_name, family = lookup_family(flow)
         if family.make_conditional is None:
             raise ValueError(f"flow {flow!r} has no conditional variant; pick another family")
         self._direction = guide_direction(family, direction)
@@ -156,7 +156,7 @@ class AmortizedFlowGuide(AutoGuide):
         unconstrained = biject_to(fn.support).inv(site["value"]).shape
         self._unconstrained_event = unconstrained[len(fn.batch_shape) :]
         self.latent_dim = math.prod(self._unconstrained_event)
-        min_dim = _family(self._family_name)[1].min_dim
+        min_dim = lookup_family(self._family_name)[1].min_dim
         if self.latent_dim < min_dim:
             raise ValueError(
                 f"flow {self._family_name!r} needs at least {min_dim} dimensions per point; "

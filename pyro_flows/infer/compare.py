@@ -375,7 +375,7 @@ def pair_plot(
         )
         if reference is not None:
             rx, ry = reference
-            ax.scatter(rx[:num_points], ry[:num_points], s=2, c="0.7", alpha=0.5)
+            ax.scatter(rx[:num_points], ry[:num_points], s=2, c="0.75", alpha=0.5, zorder=0)
         idata = sub.to_inference_data()
         with warnings.catch_warnings():
             # ArviZ 0.x calls a matplotlib helper deprecated in matplotlib 3.11
@@ -386,7 +386,7 @@ def pair_plot(
                 coords=dict(coords or {}),
                 kind="scatter",
                 ax=ax,
-                scatter_kwargs={"alpha": 0.3, "s": 2},
+                scatter_kwargs={"alpha": 0.4, "s": 2, "color": "C0", "zorder": 3},
             )
         ax.set_title(f"{name}\nk-hat {report.pareto_k:.2f}", fontsize=9)
         if limits is not None:
