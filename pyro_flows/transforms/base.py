@@ -2,25 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from pyro.distributions import TransformModule
 from pyro.distributions.conditional import ConditionalTransformModule
 from pyro.distributions.torch_transform import ComposeTransformModule
-from torch import Tensor
+from pyro.nn import DenseNN
+from torch import Tensor, nn
 from torch.distributions import constraints
 from torch.distributions.utils import _sum_rightmost
 
-from .._validation import check_finite, check_last_dim, check_positive_int
+from .._validation import check_finite, check_hidden_dims, check_last_dim, check_positive_int
 
 __all__ = [
     "Compose",
     "ConditionalCompose",
     "ConditionalFlowTransform",
     "FlowTransform",
+    "HypernetConditional",
     "InverseFlowTransform",
     "broadcast_context",
+    "dense_hypernet",
+    "precise_softplus",
 ]
 
 
@@ -41,6 +46,32 @@ def _state_key(module: torch.nn.Module) -> tuple:
 def _cache_valid(saved: tuple, now: tuple) -> bool:
     # A value computed with gradients on may serve a no-grad call, not the reverse.
     return saved[1:] == now[1:] and (saved[0] or not now[0])
+
+
+def precise_softplus(x: Tensor) -> Tensor:
+    """``log(1 + exp(x))`` to float64 precision everywhere.
+
+    torch's default threshold (20) replaces the value by ``x`` above 20, an error of 2e-9; at
+    40 the neglected ``exp(-40) = 4e-18`` is below half an ulp of ``x`` in float64.
+    """
+    return torch.nn.functional.softplus(x, beta=1.0, threshold=40.0)
+
+
+def dense_hypernet(
+    context_dim: int,
+    hidden_dims: Sequence[int] | None,
+    param_dims: list[int],
+    default_width: int,
+    **kwargs: Any,
+) -> nn.Module:
+    """A :class:`pyro.nn.DenseNN` from a context to parameters of sizes ``param_dims``.
+
+    ``hidden_dims`` defaults to two layers of ``default_width`` (Pyro uses ``10 * D``);
+    ``kwargs`` go to ``DenseNN`` (e.g. ``nonlinearity``).
+    """
+    check_positive_int(context_dim, "context_dim")
+    hidden = check_hidden_dims(hidden_dims or [default_width, default_width])
+    return DenseNN(context_dim, hidden, param_dims=param_dims, **kwargs)
 
 
 def broadcast_context(x: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
@@ -271,6 +302,30 @@ class ConditionalFlowTransform(ConditionalTransformModule):
 
     def __hash__(self) -> int:
         return id(self)
+
+
+class HypernetConditional(ConditionalFlowTransform):
+    """A conditional transform whose parameters all come from a hypernetwork of the context.
+
+    ``.condition(c)`` returns ``conditioned(input_dim, hypernet, c)``; subclasses set the
+    class attribute ``conditioned``.
+
+    Arguments:
+        input_dim: The event size :math:`D`.
+        context_dim: The context size :math:`C`.
+        hypernet: A module mapping a context of shape ``(*batch, C)`` to the parameters.
+    """
+
+    conditioned: type[FlowTransform]
+
+    def __init__(self, input_dim: int, context_dim: int, hypernet: nn.Module) -> None:
+        super().__init__(input_dim, context_dim)
+        if not isinstance(hypernet, nn.Module):
+            raise TypeError(f"hypernet must be a torch.nn.Module, got {type(hypernet).__name__}")
+        self.hypernet = hypernet
+
+    def _condition(self, context: Tensor) -> FlowTransform:
+        return self.conditioned(self.input_dim, self.hypernet, context)
 
 
 def _part_call_and_ladj(part: torch.distributions.Transform, x: Tensor) -> tuple[Tensor, Tensor]:

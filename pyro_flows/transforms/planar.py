@@ -7,12 +7,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from pyro.nn import DenseNN
 from torch import Tensor, nn
 
-from .._validation import check_hidden_dims, check_positive_int
-from .base import ConditionalFlowTransform, FlowTransform
+from .._validation import check_positive_int
+from .base import FlowTransform, HypernetConditional, dense_hypernet, precise_softplus
 
 __all__ = [
     "ConditionalPlanar",
@@ -27,12 +25,6 @@ __all__ = [
 # Every function below takes parameters u, w of shape (*pbatch, D) and b of shape (*pbatch,) that
 # broadcast against the batch shape of the input, so the plain layer (pbatch = ()) and the
 # conditioned layer (pbatch = context batch) run the very same code.
-
-
-def _softplus(x: Tensor) -> Tensor:
-    # torch's default threshold (20) replaces log1p(exp(x)) by x above 20, an error of 2e-9;
-    # at 40 the neglected exp(-40) = 4e-18 is below half an ulp of x in float64.
-    return F.softplus(x, beta=1.0, threshold=40.0)
 
 
 def _sech2(a: Tensor) -> Tensor:
@@ -55,9 +47,9 @@ def _planar_coefficients(u: Tensor, w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     nonzero = ww > 0
     # Safe denominator: the `where` keeps the w = 0 branch free of 0/0 (values *and* gradients).
     ww_safe = torch.where(nonzero, ww, torch.ones_like(ww))
-    shift = torch.where(nonzero, (_softplus(-wu) - 1.0) / ww_safe, torch.zeros_like(ww))
+    shift = torch.where(nonzero, (precise_softplus(-wu) - 1.0) / ww_safe, torch.zeros_like(ww))
     u_hat = u + shift.unsqueeze(-1) * w
-    s = torch.where(nonzero, _softplus(wu), torch.ones_like(wu))
+    s = torch.where(nonzero, precise_softplus(wu), torch.ones_like(wu))
     return u_hat, s - 1.0, s
 
 
@@ -267,7 +259,7 @@ class ConditionedPlanar(FlowTransform):
         return _planar_inverse(y, *self._params())
 
 
-class ConditionalPlanar(ConditionalFlowTransform):
+class ConditionalPlanar(HypernetConditional):
     r"""Conditional planar layer: :math:`(u, w, b)` are the output of a hypernetwork.
 
     ``.condition(context)`` returns a :class:`ConditionedPlanar`, the layer of :class:`Planar`
@@ -295,14 +287,7 @@ class ConditionalPlanar(ConditionalFlowTransform):
         | https://arxiv.org/abs/1505.05770
     """
 
-    def __init__(self, input_dim: int, context_dim: int, hypernet: nn.Module) -> None:
-        super().__init__(input_dim, context_dim)
-        if not isinstance(hypernet, nn.Module):
-            raise TypeError(f"hypernet must be a torch.nn.Module, got {type(hypernet).__name__}")
-        self.hypernet = hypernet
-
-    def _condition(self, context: Tensor) -> ConditionedPlanar:
-        return ConditionedPlanar(self.input_dim, self.hypernet, context)
+    conditioned = ConditionedPlanar
 
 
 # -- helpers --------------------------------------------------------------------------------------
@@ -326,9 +311,7 @@ def conditional_planar(
         **kwargs: Further arguments of :class:`~pyro.nn.DenseNN`, e.g. ``nonlinearity``.
     """
     check_positive_int(input_dim, "input_dim")
-    check_positive_int(context_dim, "context_dim")
-    if hidden_dims is None:
-        hidden_dims = [10 * input_dim, 10 * input_dim]
-    hidden_dims = check_hidden_dims(hidden_dims)
-    hypernet = DenseNN(context_dim, hidden_dims, param_dims=[input_dim, input_dim, 1], **kwargs)
+    hypernet = dense_hypernet(
+        context_dim, hidden_dims, [input_dim, input_dim, 1], 10 * input_dim, **kwargs
+    )
     return ConditionalPlanar(input_dim, context_dim, hypernet)

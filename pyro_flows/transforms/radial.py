@@ -7,12 +7,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from pyro.nn import DenseNN
 from torch import Tensor, nn
 
-from .._validation import check_hidden_dims, check_positive_int
-from .base import ConditionalFlowTransform, FlowTransform
+from .._validation import check_positive_int
+from .base import FlowTransform, HypernetConditional, dense_hypernet, precise_softplus
 
 __all__ = [
     "ConditionalRadial",
@@ -29,20 +27,14 @@ __all__ = [
 # conditioned layer (pbatch = context batch) run the very same code.
 
 
-def _softplus(x: Tensor) -> Tensor:
-    # torch's default threshold (20) replaces log1p(exp(x)) by x above 20, an error of 2e-9;
-    # at 40 the neglected exp(-40) = 4e-18 is below half an ulp of x in float64.
-    return F.softplus(x, beta=1.0, threshold=40.0)
-
-
 def _radial_coefficients(alpha_raw: Tensor, beta_raw: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     r"""Returns :math:`\alpha > 0`, :math:`\beta > -\alpha` and :math:`\alpha + \beta > 0`.
 
     :math:`\alpha + \beta = \mathrm{softplus}(\beta')` is kept as such: the formulas below use it
     instead of the sum, which would cancel as :math:`\beta \to -\alpha`.
     """
-    alpha = _softplus(alpha_raw)
-    alpha_plus_beta = _softplus(beta_raw)
+    alpha = precise_softplus(alpha_raw)
+    alpha_plus_beta = precise_softplus(beta_raw)
     return alpha, alpha_plus_beta - alpha, alpha_plus_beta
 
 
@@ -232,7 +224,7 @@ class ConditionedRadial(FlowTransform):
         return _radial_inverse(y, *self._params())
 
 
-class ConditionalRadial(ConditionalFlowTransform):
+class ConditionalRadial(HypernetConditional):
     r"""Conditional radial layer: :math:`(z_0, \alpha', \beta')` are the output of a hypernetwork.
 
     ``.condition(context)`` returns a :class:`ConditionedRadial`, the layer of :class:`Radial`
@@ -260,14 +252,7 @@ class ConditionalRadial(ConditionalFlowTransform):
         | https://arxiv.org/abs/1505.05770
     """
 
-    def __init__(self, input_dim: int, context_dim: int, hypernet: nn.Module) -> None:
-        super().__init__(input_dim, context_dim)
-        if not isinstance(hypernet, nn.Module):
-            raise TypeError(f"hypernet must be a torch.nn.Module, got {type(hypernet).__name__}")
-        self.hypernet = hypernet
-
-    def _condition(self, context: Tensor) -> ConditionedRadial:
-        return ConditionedRadial(self.input_dim, self.hypernet, context)
+    conditioned = ConditionedRadial
 
 
 # -- helpers --------------------------------------------------------------------------------------
@@ -291,9 +276,7 @@ def conditional_radial(
         **kwargs: Further arguments of :class:`~pyro.nn.DenseNN`, e.g. ``nonlinearity``.
     """
     check_positive_int(input_dim, "input_dim")
-    check_positive_int(context_dim, "context_dim")
-    if hidden_dims is None:
-        hidden_dims = [10 * input_dim, 10 * input_dim]
-    hidden_dims = check_hidden_dims(hidden_dims)
-    hypernet = DenseNN(context_dim, hidden_dims, param_dims=[input_dim, 1, 1], **kwargs)
+    hypernet = dense_hypernet(
+        context_dim, hidden_dims, [input_dim, 1, 1], 10 * input_dim, **kwargs
+    )
     return ConditionalRadial(input_dim, context_dim, hypernet)
