@@ -11,7 +11,6 @@ log p(x) - log q(x) over fresh test points, with its standard error.
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +23,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from pyro_flows.datasets import TOY_DATASETS, toy_distribution
+from pyro_flows.datasets import TOY_DATASETS, fit_metrics, grid_log_density, toy_distribution
 from pyro_flows.flows import normalizing_flow
 from pyro_flows.training import fit
 
@@ -57,16 +56,6 @@ def _finite_rows(x: torch.Tensor) -> np.ndarray:
     return x[torch.isfinite(x).all(-1)].numpy()
 
 
-def _grid_log_density(flow: torch.nn.Module, n: int, device: torch.device) -> np.ndarray:
-    """log q on an n x n grid over [-LIMIT, LIMIT]^2, as an (n, n) array indexed [y, x]."""
-    t = torch.linspace(-LIMIT, LIMIT, n, device=device)
-    yy, xx = torch.meshgrid(t, t, indexing="ij")
-    grid = torch.stack([xx, yy], -1).reshape(-1, 2)
-    with torch.no_grad():
-        lq = torch.cat([flow.log_prob(chunk) for chunk in grid.split(8192)])
-    return lq.reshape(n, n).cpu().numpy()
-
-
 def run_one(name: str, args: argparse.Namespace, axes: Sequence[plt.Axes]) -> dict[str, float]:
     """Trains a flow on the toy ``name``, draws its row of panels and returns its metrics."""
     device = torch.device(args.device)
@@ -93,19 +82,10 @@ def run_one(name: str, args: argparse.Namespace, axes: Sequence[plt.Axes]) -> di
     seconds = time.perf_counter() - t0
 
     flow.eval()
-    x = test.to(device)
     with torch.no_grad():
-        lq = torch.cat([flow.log_prob(chunk) for chunk in x.split(8192)]).double().cpu()
         samples = flow.sample((args.num_test,))
-    lp = target.log_prob(test.double())
-    n = test.shape[0]
-    gap = lp - lq  # its mean estimates KL(p || q) without bias
     result = {
-        "test_nll": -lq.mean().item(),
-        "test_nll_se": lq.std().item() / math.sqrt(n),
-        "entropy": target.entropy().item(),
-        "kl": gap.mean().item(),
-        "kl_se": gap.std().item() / math.sqrt(n),
+        **fit_metrics(target, flow, test.to(device)),
         "best_step": history.best_step,
         "seconds": seconds,
     }
@@ -116,7 +96,7 @@ def run_one(name: str, args: argparse.Namespace, axes: Sequence[plt.Axes]) -> di
     axes[0].set_title(f"{name}: data")
     axes[1].hist2d(model_np[:, 0], model_np[:, 1], bins=120, range=span, cmap="viridis")
     axes[1].set_title(f"{args.flow}: samples")
-    density = np.exp(_grid_log_density(flow, 200, device))
+    density = grid_log_density(flow, LIMIT, 200, device).exp().numpy()
     axes[2].imshow(
         density,
         origin="lower",

@@ -13,7 +13,6 @@ log p(x) - log q(x) over fresh test points) and the number of field evaluations 
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +25,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from pyro_flows.datasets import TOY_DATASETS, toy_distribution
+from pyro_flows.datasets import TOY_DATASETS, fit_metrics, grid_log_density, toy_distribution
 from pyro_flows.flows import normalizing_flow
 from pyro_flows.training import fit
 from pyro_flows.transforms import FFJORD
@@ -62,16 +61,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def _ffjord_layer(flow: torch.nn.Module) -> FFJORD:
     return next(m for m in flow.modules() if isinstance(m, FFJORD))
-
-
-def _grid_log_density(flow: torch.nn.Module, n: int) -> np.ndarray:
-    """log q on an n x n grid over [-LIMIT, LIMIT]^2, as an (n, n) array indexed [y, x]."""
-    t = torch.linspace(-LIMIT, LIMIT, n)
-    yy, xx = torch.meshgrid(t, t, indexing="ij")
-    grid = torch.stack([xx, yy], -1).reshape(-1, 2)
-    with torch.no_grad():
-        lq = torch.cat([flow.log_prob(chunk) for chunk in grid.split(4096)])
-    return lq.reshape(n, n).numpy()
 
 
 def trajectories(layer: FFJORD, z0: torch.Tensor, num_times: int = 41) -> torch.Tensor:
@@ -133,17 +122,8 @@ def run_one(name: str, args: argparse.Namespace, axes: Sequence[plt.Axes]) -> di
 
     flow.eval()
     layer.nfe.reset()
-    with torch.no_grad():
-        lq = torch.cat([flow.log_prob(chunk) for chunk in test.split(4096)]).double()
-    lp = target.log_prob(test.double())
-    n = test.shape[0]
-    gap = lp - lq  # its mean estimates KL(p || q) without bias
     result = {
-        "test_nll": -lq.mean().item(),
-        "test_nll_se": lq.std().item() / math.sqrt(n),
-        "entropy": target.entropy().item(),
-        "kl": gap.mean().item(),
-        "kl_se": gap.std().item() / math.sqrt(n),
+        **fit_metrics(target, flow, test, chunk_size=4096),
         "seconds": seconds,
         "seconds_per_step": seconds / steps,
         "eval_nfe": layer.nfe.forward / layer.nfe.solves,
@@ -153,7 +133,7 @@ def run_one(name: str, args: argparse.Namespace, axes: Sequence[plt.Axes]) -> di
     data_np = test.numpy()
     axes[0].hist2d(data_np[:, 0], data_np[:, 1], bins=100, range=span, cmap="viridis")
     axes[0].set_title(f"{name}: data")
-    density = np.exp(_grid_log_density(flow, args.grid))
+    density = grid_log_density(flow, LIMIT, args.grid, chunk_size=4096).exp().numpy()
     extent = (-LIMIT, LIMIT, -LIMIT, LIMIT)
     axes[1].imshow(density, origin="lower", extent=extent, cmap="viridis", aspect="equal")
     axes[1].set_title(f"FFJORD density (KL {result['kl']:.3f})")
