@@ -20,7 +20,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from pyro_flows.infer import compare_guides, format_table, guides_from_labels, pair_plot
+from pyro_flows.infer import add_comparison_arguments, compare_from_args, format_table, pair_plot
 
 DEFAULT_GUIDES = "AutoNormal,AutoMultivariateNormal,AutoIAFNormal,flow:iaf,flow:maf"
 
@@ -28,20 +28,15 @@ DEFAULT_GUIDES = "AutoNormal,AutoMultivariateNormal,AutoIAFNormal,flow:iaf,flow:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dim", type=int, default=10, help="total dimension (v and D-1 x's)")
-    parser.add_argument("--guides", default=DEFAULT_GUIDES, help="comma-separated labels")
-    parser.add_argument("--num-layers", type=int, default=3)
-    parser.add_argument("--hidden", default="40,40", help="hidden sizes, comma-separated")
-    parser.add_argument(
-        "--init-scale", type=float, default=1.0, help="initial scale of the flow guides"
+    add_comparison_arguments(
+        parser,
+        guides=DEFAULT_GUIDES,
+        out="outputs/vi_funnel.png",
+        num_layers=3,
+        hidden="40,40",
+        num_particles=8,
+        num_samples=10_000,
     )
-    parser.add_argument("--num-steps", type=int, default=2000)
-    parser.add_argument("--lr", type=float, default=5e-3)
-    parser.add_argument("--num-particles", type=int, default=8)
-    parser.add_argument("--num-samples", type=int, default=10_000, help="draws for the scores")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--out", default="outputs/vi_funnel.png", help="PNG path")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     return parser.parse_args(argv)
 
 
@@ -55,20 +50,8 @@ def make_model(dim: int):
 
 
 def main(args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    torch.set_num_threads(args.threads)
-    hidden = [int(h) for h in args.hidden.split(",") if h.strip()]
     model = make_model(args.dim)
-    guides = guides_from_labels(args.guides, args.num_layers, hidden, init_scale=args.init_scale)
-    reports = compare_guides(
-        model,
-        guides,
-        num_steps=args.num_steps,
-        lr=args.lr,
-        num_particles=args.num_particles,
-        num_samples=args.num_samples,
-        seed=args.seed,
-        progress=not args.no_progress,
-    )
+    reports = compare_from_args(model, args)
     std_v = {k: r.draws.samples["v"].std().item() for k, r in reports.items()}
     print(f"Neal's funnel, D={args.dim}, {args.num_steps} SVI steps per guide; log Z = 0")
     print(format_table(reports, log_z=0.0, extra={"sd(v)": std_v}))

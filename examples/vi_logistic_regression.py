@@ -21,27 +21,28 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from pyro_flows.infer import compare_guides, format_table, guides_from_labels, loo, pair_plot
+from pyro_flows.infer import (
+    add_comparison_arguments,
+    compare_from_args,
+    format_table,
+    loo,
+    pair_plot,
+)
 
 DEFAULT_GUIDES = "AutoNormal,AutoMultivariateNormal,AutoIAFNormal,flow:iaf,flow:maf"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--guides", default=DEFAULT_GUIDES, help="comma-separated labels")
-    parser.add_argument("--num-layers", type=int, default=2)
-    parser.add_argument("--hidden", default="64", help="hidden sizes, comma-separated")
-    parser.add_argument(
-        "--init-scale", type=float, default=1.0, help="initial scale of the flow guides"
+    add_comparison_arguments(
+        parser,
+        guides=DEFAULT_GUIDES,
+        out="outputs/vi_logistic_regression.png",
+        num_layers=2,
+        hidden="64",
+        num_particles=4,
+        num_samples=4000,
     )
-    parser.add_argument("--num-steps", type=int, default=2000)
-    parser.add_argument("--lr", type=float, default=5e-3)
-    parser.add_argument("--num-particles", type=int, default=4)
-    parser.add_argument("--num-samples", type=int, default=4000, help="draws for the scores")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--out", default="outputs/vi_logistic_regression.png", help="PNG path")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     return parser.parse_args(argv)
 
 
@@ -77,21 +78,8 @@ def heldout_lpd(draws: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
 
 
 def main(args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    torch.set_num_threads(args.threads)
-    hidden = [int(h) for h in args.hidden.split(",") if h.strip()]
     x, y, x_test, y_test = load_data(args.seed)
-    reports = compare_guides(
-        model,
-        guides_from_labels(args.guides, args.num_layers, hidden, init_scale=args.init_scale),
-        x,
-        y,
-        num_steps=args.num_steps,
-        lr=args.lr,
-        num_particles=args.num_particles,
-        num_samples=args.num_samples,
-        seed=args.seed,
-        progress=not args.no_progress,
-    )
+    reports = compare_from_args(model, args, x, y)
     gen = torch.Generator().manual_seed(args.seed)
     lpd = {
         k: heldout_lpd(r.draws.resample(generator=gen), x_test, y_test) for k, r in reports.items()

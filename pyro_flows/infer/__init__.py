@@ -7,7 +7,8 @@ r"""Variational inference with flows: guides, amortised guides, flow priors and 
 * :func:`importance_sample`, :func:`psis_diagnostic`, :func:`to_inference_data`, :func:`loo`:
   importance weights, PSIS :math:`\hat k` (ArviZ), ELBO and IW-ELBO, ESS, resampling,
   ``arviz.InferenceData``, PSIS-LOO from guide draws.
-* :func:`compare_guides`, :func:`fit_svi`: fit several guides on one budget and tabulate them.
+* :func:`compare_guides`, :func:`fit_svi`: fit several guides on one budget and tabulate them;
+  :func:`add_comparison_arguments` and :func:`compare_from_args` give a script their options.
 
 See the tutorial ``docs/tutorials/variational_inference.md``.
 """
@@ -15,6 +16,8 @@ See the tutorial ``docs/tutorials/variational_inference.md``.
 from .amortized import AmortizedFlowGuide
 from .compare import (
     GuideReport,
+    add_comparison_arguments,
+    compare_from_args,
     compare_guides,
     fit_svi,
     format_table,
@@ -45,6 +48,8 @@ __all__ = [
     "ImportanceSamples",
     "LooResult",
     "SlowGuideWarning",
+    "add_comparison_arguments",
+    "compare_from_args",
     "compare_guides",
     "effective_sample_size",
     "fit_flow_prior",

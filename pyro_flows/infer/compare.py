@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 import statistics
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pyro
+import torch
 from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import (
     AutoIAFNormal,
@@ -27,6 +29,8 @@ from .guides import AutoFlowGuide
 
 __all__ = [
     "GuideReport",
+    "add_comparison_arguments",
+    "compare_from_args",
     "compare_guides",
     "fit_svi",
     "format_table",
@@ -287,6 +291,77 @@ def compare_guides(
             guide=guide,
         )
     return reports
+
+
+def add_comparison_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    guides: str,
+    out: str,
+    num_layers: int = 3,
+    hidden: str = "40,40",
+    num_steps: int = 2000,
+    lr: float = 5e-3,
+    num_particles: int = 8,
+    num_samples: int = 10_000,
+) -> argparse.ArgumentParser:
+    """Adds the command-line options of a guide comparison (read by :func:`compare_from_args`).
+
+    The options are ``--guides`` (comma-separated labels of :func:`guides_from_labels`),
+    ``--num-layers``, ``--hidden``, ``--init-scale``, ``--num-steps``, ``--lr``,
+    ``--num-particles``, ``--num-samples``, ``--seed``, ``--threads``, ``--out`` and
+    ``--no-progress``; the keyword arguments set their defaults.
+
+    Example:
+        >>> import argparse
+        >>> parser = add_comparison_arguments(
+        ...     argparse.ArgumentParser(), guides="AutoNormal,flow:iaf", out="out.png"
+        ... )
+        >>> parser.parse_args(["--num-steps", "10"]).num_steps
+        10
+    """
+    add = parser.add_argument
+    add("--guides", default=guides, help="comma-separated guide labels, e.g. AutoNormal,flow:maf")
+    add("--num-layers", type=int, default=num_layers, help="layers of each flow guide")
+    add("--hidden", default=hidden, help="hidden sizes of the flow networks, comma-separated")
+    add("--init-scale", type=float, default=1.0, help="initial scale of the flow guides")
+    add("--num-steps", type=int, default=num_steps, help="SVI steps per guide")
+    add("--lr", type=float, default=lr)
+    add("--num-particles", type=int, default=num_particles, help="draws per ELBO estimate")
+    add("--num-samples", type=int, default=num_samples, help="draws for the scores")
+    add("--seed", type=int, default=0)
+    add("--threads", type=int, default=1, help="torch CPU threads")
+    add("--out", default=out, help="PNG path")
+    add("--no-progress", action="store_true", help="hide the progress bars")
+    return parser
+
+
+def compare_from_args(
+    model: Callable[..., Any], args: argparse.Namespace, *model_args: Any, **model_kwargs: Any
+) -> dict[str, GuideReport]:
+    """Runs :func:`compare_guides` with the options of :func:`add_comparison_arguments`.
+
+    Arguments:
+        model: A Pyro model.
+        args: The parsed options.
+        model_args: The arguments of the model.
+        model_kwargs: The keyword arguments of the model.
+    """
+    torch.set_num_threads(check_positive_int(args.threads, "threads"))
+    hidden = [int(h) for h in args.hidden.split(",") if h.strip()]
+    guides = guides_from_labels(args.guides, args.num_layers, hidden, init_scale=args.init_scale)
+    return compare_guides(
+        model,
+        guides,
+        *model_args,
+        num_steps=args.num_steps,
+        lr=args.lr,
+        num_particles=args.num_particles,
+        num_samples=args.num_samples,
+        seed=args.seed,
+        progress=not args.no_progress,
+        **model_kwargs,
+    )
 
 
 def format_table(
