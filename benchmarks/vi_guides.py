@@ -175,71 +175,66 @@ def _draws(data: Path, name: str) -> np.ndarray:
     return d["draws"].reshape(-1, d["draws"].shape[-1])
 
 
+def _tensor(v: object) -> torch.Tensor:
+    return torch.tensor(v, dtype=torch.float32)
+
+
+# name -> (data file, model, model arguments from the data, reference draws, sites in order)
+POSTERIORDB = {
+    "eight_schools": (
+        "eight_schools",
+        eight_schools,
+        lambda d: (_tensor(d["y"]), _tensor(d["sigma"])),
+        "eight_schools-eight_schools_noncentered",
+        ("theta", "mu", "tau"),
+    ),
+    "sblrc-blr": (
+        "sblrc",
+        blr,
+        lambda d: (_tensor(d["X"]), _tensor(d["y"])),
+        "sblrc-blr",
+        ("beta", "sigma"),
+    ),
+    "kidiq": (
+        "kidiq",
+        kidiq,
+        lambda d: (_tensor(d["mom_hs"]), _tensor(d["mom_iq"]), _tensor(d["kid_score"])),
+        "kidiq-kidscore_momhsiq",
+        ("beta", "sigma"),
+    ),
+    "arK": (
+        "arK",
+        ark,
+        lambda d: (_tensor(d["y"]), int(d["K"])),
+        "arK-arK",
+        ("alpha", "beta", "sigma"),
+    ),
+    "garch11": (
+        "garch",
+        garch11,
+        lambda d: (_tensor(d["y"]), float(d["sigma1"])),
+        "garch-garch11",
+        ("mu", "alpha0", "alpha1", "beta1"),
+    ),
+}
+
+
 def load_posteriors(data_dir: str, wanted: list[str]) -> list[Posterior]:
     data = Path(data_dir)
     if not (data / "posteriordb").is_dir():
         return []
-
-    def js(name: str) -> dict:
-        return json.loads((data / "posteriordb" / f"{name}.data.json").read_text())
-
-    def t(v: object) -> torch.Tensor:
-        return torch.tensor(v, dtype=torch.float32)
-
     out = []
-    if "eight_schools" in wanted:
-        d = js("eight_schools")
+    for name, (data_name, model, make_args, draws, sites) in POSTERIORDB.items():
+        if name not in wanted:
+            continue
+        d = json.loads((data / "posteriordb" / f"{data_name}.data.json").read_text())
         out.append(
             Posterior(
-                "eight_schools",
-                eight_schools,
-                (t(d["y"]), t(d["sigma"])),
-                _draws(data, "eight_schools-eight_schools_noncentered"),
-                lambda s: _cols(s["theta"], s["mu"], s["tau"]),
-            )
-        )
-    if "sblrc-blr" in wanted:
-        d = js("sblrc")
-        out.append(
-            Posterior(
-                "sblrc-blr",
-                blr,
-                (t(d["X"]), t(d["y"])),
-                _draws(data, "sblrc-blr"),
-                lambda s: _cols(s["beta"], s["sigma"]),
-            )
-        )
-    if "kidiq" in wanted:
-        d = js("kidiq")
-        out.append(
-            Posterior(
-                "kidiq",
-                kidiq,
-                (t(d["mom_hs"]), t(d["mom_iq"]), t(d["kid_score"])),
-                _draws(data, "kidiq-kidscore_momhsiq"),
-                lambda s: _cols(s["beta"], s["sigma"]),
-            )
-        )
-    if "arK" in wanted:
-        d = js("arK")
-        out.append(
-            Posterior(
-                "arK",
-                ark,
-                (t(d["y"]), int(d["K"])),
-                _draws(data, "arK-arK"),
-                lambda s: _cols(s["alpha"], s["beta"], s["sigma"]),
-            )
-        )
-    if "garch11" in wanted:
-        d = js("garch")
-        out.append(
-            Posterior(
-                "garch11",
-                garch11,
-                (t(d["y"]), float(d["sigma1"])),
-                _draws(data, "garch-garch11"),
-                lambda s: _cols(s["mu"], s["alpha0"], s["alpha1"], s["beta1"]),
+                name,
+                model,
+                make_args(d),
+                _draws(data, draws),
+                lambda s, sites=sites: _cols(*(s[k] for k in sites)),
             )
         )
     credit = data / "tabular" / "german_credit_numeric.npz"
