@@ -62,8 +62,8 @@ ARCH_NOTES = {
         "`normalizing_flow(name, 2, num_layers=5, hidden_dims=[64, 64])`: MADE / DenseNN "
         "64-64 (ReLU), MADE order alternating natural/reverse (MAF) or a reverse permutation "
         "between layers (coupling), log-scale b*tanh(s/b), b=5; density direction "
-        "z = exp(s) * x + mu (MAF), z = (x - t) * exp(-s) (coupling); coupling nets start at "
-        "the identity (zeroed last layer)."
+        "z = exp(s) * x + mu (MAF), z = (x - t) * exp(-s) (coupling); coupling nets start "
+        "near the identity (0.1-scaled last layer)."
     ),
     "zuko": (
         "`zuko.flows.MAF` / `zuko.flows.RealNVP(features=2, transforms=5, "
