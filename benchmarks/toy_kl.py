@@ -63,7 +63,7 @@ ARCH_NOTES = {
         "64-64 (ReLU), MADE order alternating natural/reverse (MAF) or a reverse permutation "
         "between layers (coupling), log-scale b*tanh(s/b), b=5; density direction "
         "z = exp(s) * x + mu (MAF), z = (x - t) * exp(-s) (coupling); coupling nets start "
-        "near the identity (0.1-scaled last layer)."
+        "at the identity (zeroed last layer)."
     ),
     "zuko": (
         "`zuko.flows.MAF` / `zuko.flows.RealNVP(features=2, transforms=5, "

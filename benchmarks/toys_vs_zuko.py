@@ -58,7 +58,7 @@ class Ours(nn.Module):
     def __init__(self, family: str, dim: int) -> None:
         super().__init__()
         # Splines on [-5, 5] as zuko's (Pyro's default is [-3, 3]); identity outside.
-        kwargs = {"count_bins": BINS, "bound": BOUND} if family == "spline_coupling" else {}
+        kwargs = {"count_bins": BINS, "bound": BOUND} if family == "nsf" else {}
         self.flow = normalizing_flow(family, dim, LAYERS, hidden_dims=list(HIDDEN), **kwargs)
 
     def log_prob(self, x: Tensor) -> Tensor:
@@ -83,7 +83,7 @@ class Zuko(nn.Module):
 BUILDERS: dict[str, Callable[[int], nn.Module]] = {
     "maf": lambda d: Ours("maf", d),
     "realnvp": lambda d: Ours("affine_coupling", d),
-    "nsf": lambda d: Ours("spline_coupling", d),
+    "nsf": lambda d: Ours("nsf", d),  # Pyro's spline autoregressive layers, used backwards
     "zuko_maf": lambda d: Zuko("maf", d),
     "zuko_realnvp": lambda d: Zuko("realnvp", d),
     "zuko_nsf": lambda d: Zuko("nsf", d),

@@ -69,6 +69,13 @@ FAMILIES: dict[str, Family] = {
     # Pyro's families, wrapped (see pyro_flows.transforms.PyroTransform):
     "spline": Family(_pyro("spline"), _pyro("conditional_spline")),
     "spline_coupling": Family(_pyro("spline_coupling"), min_dim=2),
+    # Pyro's spline autoregressive transform used backwards: one-pass density, like zuko's NSF
+    "masked_spline_autoregressive": Family(
+        T.masked_spline_autoregressive,
+        T.conditional_masked_spline_autoregressive,
+        min_dim=2,
+        fast_direction="density",
+    ),
     "spline_autoregressive": Family(
         _pyro("spline_autoregressive"),
         _pyro("conditional_spline_autoregressive"),
@@ -88,7 +95,7 @@ FAMILIES: dict[str, Family] = {
 }
 _ALIASES = {
     "realnvp": "affine_coupling",
-    "nsf": "spline_coupling",
+    "nsf": "masked_spline_autoregressive",
     "naf": "neural_autoregressive",
     "bnaf": "block_autoregressive",
 }
@@ -136,9 +143,10 @@ def build(
     Arguments:
         name: A key of :data:`FAMILIES` (``"planar"``, ``"radial"``, ``"affine_coupling"``,
             ``"maf"``, ``"iaf"``, Pyro's ``"spline"``, ``"spline_coupling"``,
-            ``"spline_autoregressive"``, ``"neural_autoregressive"``,
-            ``"block_autoregressive"``) or an alias (``"realnvp"``, ``"nsf"``, ``"naf"``,
-            ``"bnaf"``).
+            ``"spline_autoregressive"`` and, used backwards (one-pass density),
+            ``"masked_spline_autoregressive"``, ``"neural_autoregressive"``,
+            ``"block_autoregressive"``) or an alias (``"realnvp"``, ``"nsf"`` for
+            ``"masked_spline_autoregressive"``, ``"naf"``, ``"bnaf"``).
         input_dim: The event size :math:`D`.
         num_layers: How many layers :math:`K`.
         context_dim: The context size for a conditional flow, or None.

@@ -308,9 +308,9 @@ CASES = {
             "--context",
             "c",
             "--flow",
-            "nsf",
+            "spline_coupling",
         ],
-        ["--flow nsf has no conditional variant, so it cannot take --context"],
+        ["--flow spline_coupling has no conditional variant, so it cannot take --context"],
         1,
     ),
     "patience without validation": (

@@ -5,6 +5,7 @@ of :mod:`pyro.distributions.transforms`: ``maf(input_dim)``, ``conditional_maf(i
 context_dim)``, and so on.
 """
 
+from .actnorm import ActNorm, actnorm
 from .autoregressive import (
     ConditionalInverseAutoregressive,
     ConditionalMaskedAutoregressive,
@@ -28,6 +29,7 @@ from .base import (
     precise_softplus,
 )
 from .continuous import FFJORD, ConditionalFFJORD, conditional_ffjord, ffjord
+from .conv1x1 import InvertibleConv1x1, invertible_conv1x1
 from .coupling import (
     AffineCoupling,
     ConditionalAffineCoupling,
@@ -36,7 +38,20 @@ from .coupling import (
     conditional_affine_coupling,
     coupling_mask,
 )
-from .external import ConditionalPyroTransform, PyroTransform
+from .external import (
+    ConditionalPyroTransform,
+    PyroTransform,
+    conditional_masked_spline_autoregressive,
+    masked_spline_autoregressive,
+)
+from .glow import glow_step
+from .image_coupling import (
+    ConditionalImageAffineCoupling,
+    ImageAffineCoupling,
+    conditional_image_affine_coupling,
+    conv_net,
+    image_affine_coupling,
+)
 from .iresnet import (
     LOGDET_ESTIMATORS,
     ConditionalInvertibleResNet,
@@ -52,14 +67,17 @@ from .iresnet import (
 from .permutation import Permutation, permutation, reverse
 from .planar import ConditionalPlanar, ConditionedPlanar, Planar, conditional_planar, planar
 from .radial import ConditionalRadial, ConditionedRadial, Radial, conditional_radial, radial
+from .squeeze import Squeeze, squeeze, squeeze_image, unsqueeze_image
 
 __all__ = [
+    "ActNorm",
     "AffineCoupling",
     "Compose",
     "ConditionalAffineCoupling",
     "ConditionalCompose",
     "ConditionalFFJORD",
     "ConditionalFlowTransform",
+    "ConditionalImageAffineCoupling",
     "ConditionalInverseAutoregressive",
     "ConditionalInvertibleResNet",
     "ConditionalMaskedAutoregressive",
@@ -73,8 +91,10 @@ __all__ = [
     "FixedPointInfo",
     "FlowTransform",
     "HypernetConditional",
+    "ImageAffineCoupling",
     "InverseAutoregressive",
     "InverseFlowTransform",
+    "InvertibleConv1x1",
     "InvertibleResNet",
     "LOGDET_ESTIMATORS",
     "MaskedAutoregressive",
@@ -82,6 +102,8 @@ __all__ = [
     "Planar",
     "PyroTransform",
     "Radial",
+    "Squeeze",
+    "actnorm",
     "affine_coupling",
     "autoregressive_order",
     "bounded_log_scale",
@@ -89,22 +111,32 @@ __all__ = [
     "conditional_affine_coupling",
     "conditional_ffjord",
     "conditional_iaf",
+    "conditional_image_affine_coupling",
     "conditional_iresnet",
     "conditional_maf",
+    "conditional_masked_spline_autoregressive",
     "conditional_planar",
     "conditional_radial",
     "conditional_residual_flow",
     "conv_iresnet",
+    "conv_net",
     "coupling_mask",
     "dense_hypernet",
     "ffjord",
+    "glow_step",
     "iaf",
+    "image_affine_coupling",
+    "invertible_conv1x1",
     "iresnet",
     "maf",
+    "masked_spline_autoregressive",
     "permutation",
     "planar",
     "precise_softplus",
     "radial",
     "residual_flow",
     "reverse",
+    "squeeze",
+    "squeeze_image",
+    "unsqueeze_image",
 ]

@@ -48,12 +48,17 @@ def fit(model, guide, steps=200, lr=0.05, particles=16, *args):
 NEEDS_FULL_AFFINE = {"spline", "radial"}
 # Pyro's spline layers are the identity outside [-bound, bound] (default 3), so they cannot shear
 # the tails of a Gaussian: they get a wider bound. Some families need more steps.
-FLOW_KWARGS = {"spline_coupling": {"bound": 8.0}, "spline_autoregressive": {"bound": 8.0}}
+FLOW_KWARGS = {
+    "spline_coupling": {"bound": 8.0},
+    "spline_autoregressive": {"bound": 8.0},
+    "masked_spline_autoregressive": {"bound": 8.0},
+}
 STEPS = {
     "block_autoregressive": 600,
     "spline": 600,
     "spline_coupling": 400,
     "spline_autoregressive": 400,
+    "masked_spline_autoregressive": 400,
 }
 # The Pyro-overhead-bound families fit in ~1-2 s; the others are checked in the slow job.
 FAST = {"planar", "radial", "affine_coupling", "maf", "iaf"}

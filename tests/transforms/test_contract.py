@@ -3,6 +3,9 @@
 A transform joins it with one line in ``TRANSFORMS``: a factory ``make(D)`` returning a
 ``TransformModule`` (or a ``ConditionalTransformModule``, which the suite conditions on a
 context of size ``CONTEXT_DIM``), the smallest D it accepts, and whether it can invert data.
+Transforms on other event shapes (images) give ``event(D)``, the input event shape for D
+(default ``(D,)``); ``image(make)`` runs an image transform once, on ``IMAGE``, wherever the
+suite sweeps D. Outputs may have another event shape (``t.forward_shape``, e.g. a squeeze).
 """
 
 import io
@@ -27,6 +30,11 @@ from pyro_flows.flows import build
 CONTEXT_DIM = 3
 DIMS = (1, 2, 5, 16)
 BATCHES = ((), (7,), (3, 4))
+IMAGE = (2, 4, 4)  # small enough for the autograd Jacobian (32 x 32 per row)
+
+
+def vector(dim):
+    return (dim,)
 
 
 @dataclass(frozen=True)
@@ -38,6 +46,24 @@ class Case:
     ladj_atol: float = 1e-8  # log|det J| against autograd, float64
     smooth: bool = True  # density smooth enough to integrate on a grid
     max_dim: int = 16
+    event: Callable[[int], tuple[int, ...]] = vector  # the input event shape for D
+
+
+def image(make, **kwargs):
+    """An image transform, built on ``IMAGE`` and checked once (at D = 2) in the D sweeps."""
+    return Case(lambda d: make(IMAGE), min_dim=2, max_dim=2, event=lambda d: IMAGE, **kwargs)
+
+
+def initialized(t, shape, seed=7):
+    """Runs ActNorm's data-dependent initialisation (the suite then moves parameters off it)."""
+    g = torch.Generator().manual_seed(seed)
+    t.inv(0.5 + 0.8 * torch.randn(16, *shape, generator=g))
+    assert all(bool(m.initialized) for m in t.modules() if isinstance(m, T.ActNorm))
+    return t
+
+
+def glow_vector(d):
+    return initialized(T.glow_step(d, hidden_dims=[24]), (d,))
 
 
 # Pyro's own families are wrapped, not re-written: they are held to Pyro's float64 precision
@@ -88,6 +114,10 @@ TRANSFORMS = {
         min_dim=2,
         **PYRO_SPLINE,
     ),
+    "build_nsf": Case(lambda d: build("nsf", d, 2), min_dim=2, **PYRO_SPLINE),
+    "build_conditional_nsf": Case(
+        lambda d: build("nsf", d, 2, context_dim=CONTEXT_DIM), min_dim=2, **PYRO_SPLINE
+    ),
     "build_naf": Case(lambda d: build("naf", d, 2), min_dim=2, invertible=False, **PYRO),
     "build_bnaf": Case(lambda d: build("bnaf", d, 2), min_dim=2, invertible=False, **PYRO),
     # residual flows: fixed-point inverse to ~1e-13; the exact log-det (the suite's reference)
@@ -114,9 +144,22 @@ TRANSFORMS = {
         ladj_atol=1e-8,
         max_dim=5,
     ),
+    # Glow blocks on vectors (event_dim=1) and images (event_dim=3); ActNorm is checked after
+    # its data-dependent initialisation
+    "actnorm": Case(lambda d: initialized(T.actnorm(d), (d,))),
+    "invertible_conv1x1": Case(T.invertible_conv1x1),
+    "invertible_conv1x1_plain": Case(lambda d: T.invertible_conv1x1(d, lu=False)),
+    "glow_step": Case(glow_vector, min_dim=2),
+    "actnorm_image": image(lambda s: initialized(T.actnorm(s), s)),
+    "invertible_conv1x1_image": image(T.invertible_conv1x1),
+    "invertible_conv1x1_plain_image": image(lambda s: T.invertible_conv1x1(s, lu=False)),
+    "image_affine_coupling": image(lambda s: T.image_affine_coupling(s, hidden_channels=[8])),
+    "squeeze": image(T.squeeze),
+    "glow_step_image": image(lambda s: initialized(T.glow_step(s, hidden_dims=[8]), s)),
 }
 NAMES = list(TRANSFORMS)
 INVERTIBLE = [n for n in NAMES if TRANSFORMS[n].invertible]
+PARAMETER_FREE = ("permutation", "squeeze")  # nothing to train
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -143,25 +186,41 @@ def as_transform(module, batch=()):
 
 
 def skip_small(name, dim):
+    if TRANSFORMS[name].event(dim) == IMAGE and dim != 2:
+        pytest.skip(f"{name} is an image transform, checked once (at D = 2) on {IMAGE}")
     if dim < TRANSFORMS[name].min_dim:
         pytest.skip(f"{name} needs input_dim >= {TRANSFORMS[name].min_dim}")
     if dim > TRANSFORMS[name].max_dim:
         pytest.skip(f"{name} is checked up to input_dim {TRANSFORMS[name].max_dim}")
 
 
-def data(batch, dim, seed=3):
+def shapes(name, dim, t=None):
+    """The input and output event shapes of ``name`` at ``dim`` (``t`` gives the output)."""
+    shape = tuple(TRANSFORMS[name].event(dim))
+    if t is None:
+        t = as_transform(make_module(name, dim))
+    return shape, tuple(t.forward_shape(torch.Size(shape)))
+
+
+def data(batch, shape, seed=3):
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
     g = torch.Generator().manual_seed(seed)
-    return 1.5 * torch.randn(*batch, dim, generator=g, dtype=torch.float64)
+    return 1.5 * torch.randn(*batch, *shape, generator=g, dtype=torch.float64)
 
 
-def base_dist(dim, batch=()):
-    zeros = torch.zeros(dim, dtype=torch.float64)
-    return dist.Normal(zeros, 1.0).to_event(1).expand(batch)
+def base_dist(shape, batch=()):
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    zeros = torch.zeros(shape, dtype=torch.float64)
+    return dist.Normal(zeros, 1.0).to_event(len(shape)).expand(batch)
 
 
-def batched_jacobian(f, x):
-    """Per-row Jacobians of f on x of shape (*batch, D); checks rows do not interact."""
-    dim = x.shape[-1]
+def batched_jacobian(f, x, event_ndim=1):
+    """Per-row Jacobians of f on x of shape (*batch, *event), the event flattened to D entries.
+
+    Checks that rows do not interact; returns shape (*batch, D, D).
+    """
+    batch = x.shape[: x.dim() - event_ndim]
+    dim = x[(0,) * len(batch)].numel()
     flat = x.reshape(-1, dim)
     n = flat.shape[0]
     jac = torch.autograd.functional.jacobian(lambda v: f(v.reshape(x.shape)).reshape(n, dim), flat)
@@ -169,7 +228,7 @@ def batched_jacobian(f, x):
     off = jac.clone()
     off[torch.arange(n), :, torch.arange(n), :] = 0
     assert off.abs().max() == 0, "outputs of one row depend on the inputs of another"
-    return blocks.reshape(*x.shape[:-1], dim, dim)
+    return blocks.reshape(*batch, dim, dim)
 
 
 # -- 1. contract --------------------------------------------------------------------------------
@@ -177,9 +236,10 @@ def batched_jacobian(f, x):
 def test_contract(name):
     module = make_module(name, 5)
     t = as_transform(module)
+    ndim = len(TRANSFORMS[name].event(5))
     assert isinstance(module, (TransformModule, ConditionalTransformModule))
     assert isinstance(t, TransformModule)
-    assert t.domain.event_dim == 1 and t.codomain.event_dim == 1
+    assert t.domain.event_dim == ndim and t.codomain.event_dim == ndim
     assert t.bijective
     assert t.inv.inv is t
     assert isinstance(t.inv, torch.nn.Module)
@@ -194,13 +254,14 @@ def test_contract(name):
 def test_inverse_round_trip(name, dim, batch):
     skip_small(name, dim)
     t = as_transform(make_module(name, dim), batch)
-    x = data(batch, dim)
+    shape, out = shapes(name, dim, t)
+    x = data(batch, shape)
     y = t(x)
-    assert y.shape == x.shape and y.dtype == torch.float64
+    assert y.shape == (*batch, *out) and y.dtype == torch.float64
     atol = TRANSFORMS[name].atol
     assert t.inv(y) is x  # the cache answers for the pair it just made...
     assert (t.inv(y.clone()) - x).abs().max() < atol  # ...but not for a fresh tensor
-    y0 = data(batch, dim, seed=4)
+    y0 = data(batch, out, seed=4)
     x0 = t.inv(y0)
     assert (t(x0.clone()) - y0).abs().max() < atol
 
@@ -212,13 +273,15 @@ def test_inverse_round_trip(name, dim, batch):
 def test_log_abs_det_jacobian(name, dim, batch):
     skip_small(name, dim)
     t = as_transform(make_module(name, dim), batch)
-    x = data(batch, dim)
+    shape, _ = shapes(name, dim, t)
+    x = data(batch, shape)
     y = t(x)
-    expected = torch.linalg.slogdet(batched_jacobian(t.with_cache(0), x)).logabsdet
+    jac = batched_jacobian(t.with_cache(0), x, len(shape))
+    expected = torch.linalg.slogdet(jac).logabsdet
     t.with_cache(1)
     ladj = t.log_abs_det_jacobian(x, y)
     atol = TRANSFORMS[name].ladj_atol
-    assert ladj.shape == y.shape[:-1]
+    assert ladj.shape == batch
     assert (ladj - expected).abs().max() < atol
     uncached = t.log_abs_det_jacobian(x.clone(), y.clone())
     assert (uncached - expected).abs().max() < atol
@@ -233,17 +296,23 @@ def test_transformed_distribution_log_prob(name, dim):
     skip_small(name, dim)
     batch = (6,)
     t = as_transform(make_module(name, dim), batch)
-    y = data(batch, dim)
-    d = dist.TransformedDistribution(base_dist(dim), [t])
+    shape, out = shapes(name, dim, t)
+    y = data(batch, out)
+    d = dist.TransformedDistribution(base_dist(shape), [t])
     log_prob = d.log_prob(y)
     x = t.inv(y.clone())
-    jac = batched_jacobian(t.with_cache(0), x)
-    expected = base_dist(dim).log_prob(x) - torch.linalg.slogdet(jac).logabsdet
+    jac = batched_jacobian(t.with_cache(0), x, len(shape))
+    expected = base_dist(shape).log_prob(x) - torch.linalg.slogdet(jac).logabsdet
     assert (log_prob - expected).abs().max() < TRANSFORMS[name].ladj_atol
 
 
 @pytest.mark.parametrize(
-    "name", [n for n in INVERTIBLE if TRANSFORMS[n].min_dim <= 2 and TRANSFORMS[n].smooth]
+    "name",
+    [
+        n
+        for n in INVERTIBLE
+        if TRANSFORMS[n].min_dim <= 2 and TRANSFORMS[n].smooth and TRANSFORMS[n].event(2) == (2,)
+    ],
 )
 def test_density_integrates_to_one(name):
     t = as_transform(make_module(name, 2, seed=5))
@@ -265,14 +334,15 @@ def test_sample_shapes_and_gradients(name):
     dim, batch = 5, (4,)
     module = make_module(name, dim)
     t = as_transform(module, batch)
-    assert t.forward_shape(torch.Size((2, *batch, dim))) == (2, *batch, dim)
-    assert t.inverse_shape(torch.Size((2, *batch, dim))) == (2, *batch, dim)
-    d = dist.TransformedDistribution(base_dist(dim, batch), [t])
-    assert d.sample((3,)).shape == (3, *batch, dim)
+    shape, out = shapes(name, dim, t)
+    assert t.forward_shape(torch.Size((2, *batch, *shape))) == (2, *batch, *out)
+    assert t.inverse_shape(torch.Size((2, *batch, *out))) == (2, *batch, *shape)
+    d = dist.TransformedDistribution(base_dist(shape, batch), [t])
+    assert d.sample((3,)).shape == (3, *batch, *out)
     z = d.rsample((3,))
-    assert z.shape == (3, *batch, dim)
+    assert z.shape == (3, *batch, *out)
     if TRANSFORMS[name].invertible:
-        loss = -d.log_prob(data((3, *batch), dim)).sum()  # maximum likelihood of data
+        loss = -d.log_prob(data((3, *batch), out)).sum()  # maximum likelihood of data
     else:  # reverse KL to a standard normal: scores its own samples
         loss = (d.log_prob(z) + 0.5 * z.pow(2).sum(-1)).sum()
     assert loss.shape == ()
@@ -285,19 +355,21 @@ def test_sample_shapes_and_gradients(name):
 
 
 # -- 6. Pyro integration ------------------------------------------------------------------------
-@pytest.mark.parametrize("name", [n for n in NAMES if n != "permutation"])
+@pytest.mark.parametrize("name", [n for n in NAMES if n not in PARAMETER_FREE])
 def test_svi_with_flow_guide(name):
     dim = 3
     module = make_module(name, dim)
     context = context_for(())
-    target = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    shape, out = shapes(name, dim)
+    n = torch.Size(out).numel()
+    target = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64).repeat(n)[:n].reshape(out)
 
     def model():
-        pyro.sample("z", dist.Normal(target, 0.5).to_event(1))
+        pyro.sample("z", dist.Normal(target, 0.5).to_event(len(out)))
 
     def guide():
         pyro.module("flow", module)
-        pyro.sample("z", dist.TransformedDistribution(base_dist(dim), [as_transform(module)]))
+        pyro.sample("z", dist.TransformedDistribution(base_dist(shape), [as_transform(module)]))
 
     before = [p.detach().clone() for p in module.parameters()]
     svi = SVI(model, guide, Adam({"lr": 1e-2}), Trace_ELBO())
@@ -331,11 +403,13 @@ def test_state_dict_round_trip(name):
     buffer.seek(0)
     b.load_state_dict(torch.load(buffer))
     ta, tb = as_transform(a, batch), as_transform(b, batch)
-    x = data(batch, dim)
+    shape, out = shapes(name, dim, ta)
+    x = data(batch, shape)
     assert torch.equal(ta(x), tb(x.clone()))
     assert torch.equal(ta.log_abs_det_jacobian(x, ta(x)), tb.log_abs_det_jacobian(x, tb(x)))
     if TRANSFORMS[name].invertible:
-        assert torch.equal(ta.inv(x), tb.inv(x.clone()))
+        y = data(batch, out)
+        assert torch.equal(ta.inv(y), tb.inv(y.clone()))
 
 
 # -- 8. conditioning ----------------------------------------------------------------------------
@@ -362,13 +436,14 @@ def test_conditional_contexts(name):
 
 
 # -- 9. no stale cache (Pyro issue #2564) -------------------------------------------------------
-@pytest.mark.parametrize("name", [n for n in INVERTIBLE if n != "permutation"])
+@pytest.mark.parametrize("name", [n for n in INVERTIBLE if n not in PARAMETER_FREE])
 def test_no_stale_cache_after_optimizer_step(name):
     dim = 3
     module = make_module(name, dim)
     t = as_transform(module)
-    d = dist.TransformedDistribution(base_dist(dim), [t])
-    y = data((16,), dim)  # the same data tensor at every step
+    shape, out = shapes(name, dim, t)
+    d = dist.TransformedDistribution(base_dist(shape), [t])
+    y = data((16,), out)  # the same data tensor at every step
     opt = torch.optim.Adam(module.parameters(), lr=0.05)
     values = []
     for _ in range(3):
@@ -387,7 +462,7 @@ def test_no_stale_cache_after_optimizer_step(name):
 def test_no_tensor_created_on_default_device(name):
     dim, batch = 4, (5,)
     module = make_module(name, dim)  # built in float32, moved to float64
-    x = data(batch, dim)
+    x = data(batch, TRANSFORMS[name].event(dim))
     reference = as_transform(module, batch)(x.clone())
     t = as_transform(module, batch)
     # Any tensor made inside a pass without an explicit device would land on "meta"
@@ -411,7 +486,7 @@ def test_float32_works(name):
     t = as_transform(module, (5,))
     if isinstance(module, ConditionalTransformModule):
         t = module.condition(context_for((5,)).float())
-    x = data((5,), dim).float()
+    x = data((5,), TRANSFORMS[name].event(dim)).float()
     y = t(x)
     assert y.dtype == torch.float32 and torch.isfinite(t.log_abs_det_jacobian(x, y)).all()
     if TRANSFORMS[name].invertible:
