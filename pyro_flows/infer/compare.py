@@ -40,6 +40,8 @@ __all__ = [
 ]
 
 GuideFactory = Callable[[Callable[..., Any]], Callable[..., Any]]
+#: MAP steps of the Laplace warm start of a ``"flow:NAME+laplace"`` guide.
+WARM_START_STEPS = 1500
 
 
 def fit_svi(
@@ -155,7 +157,9 @@ def standard_guides(
     hidden sizes as the flow guides.
 
     Arguments:
-        flows: Families for :class:`~pyro_flows.infer.AutoFlowGuide`, labelled ``"flow:NAME"``.
+        flows: Families for :class:`~pyro_flows.infer.AutoFlowGuide`, labelled ``"flow:NAME"``;
+            ``"NAME+laplace"`` starts the guide from a Laplace approximation fitted with
+            ``WARM_START_STEPS`` MAP steps (``affine="full", warm_start=...``).
         num_layers: Layers of each flow (and of AutoIAFNormal).
         hidden_dims: Hidden sizes of each layer's network (and of AutoIAFNormal).
         baselines: Whether to include ``AutoNormal``, ``AutoMultivariateNormal`` and
@@ -170,9 +174,16 @@ def standard_guides(
         guides["AutoIAFNormal"] = lambda m: AutoIAFNormal(
             m, hidden_dim=hidden, num_transforms=num_layers
         )
-    for name in flows:
-        guides[f"flow:{name}"] = lambda m, name=name: AutoFlowGuide(
-            m, name, num_layers=num_layers, hidden_dims=hidden_dims, **flow_kwargs
+    for label in flows:
+        # "NAME+laplace": warm-started from a Laplace approximation (AutoFlowGuide.warm_start)
+        name, _, start = label.partition("+")
+        kwargs = dict(flow_kwargs)
+        if start == "laplace":
+            kwargs.update(affine="full", warm_start=WARM_START_STEPS)
+        elif start:
+            raise ValueError(f"unknown start {start!r} in flow:{label}; expected NAME+laplace")
+        guides[f"flow:{label}"] = lambda m, name=name, kwargs=kwargs: AutoFlowGuide(
+            m, name, num_layers=num_layers, hidden_dims=hidden_dims, **kwargs
         )
     return guides
 

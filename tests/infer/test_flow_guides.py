@@ -249,3 +249,65 @@ def test_one_dimensional_latent_needs_a_one_dimensional_family():
         AutoFlowGuide(model, "iaf")()
     guide = AutoFlowGuide(model, "planar", num_layers=2)
     assert guide()["x"].shape == ()
+
+
+def tight_model(x, y):
+    """Bayesian linear regression whose posterior sds are ~1e-3, far from the prior's scale."""
+    w = pyro.sample("w", dist.Normal(torch.zeros(2), 10.0).to_event(1))
+    with pyro.plate("data", len(y)):
+        pyro.sample("y", dist.Normal(x @ w + 5.0, 0.01), obs=y)
+
+
+def tight_data():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 2, generator=g)
+    y = x @ torch.tensor([3.0, -2.0]) + 5.0 + 0.01 * torch.randn(200, generator=g)
+    return x, y
+
+
+def exact_tight_posterior(x, y):
+    precision = x.T @ x / 0.01**2 + torch.eye(2) / 100.0
+    cov = torch.linalg.inv(precision)
+    return cov @ (x.T @ (y - 5.0)) / 0.01**2, cov
+
+
+def test_init_from_copies_a_gaussian_guide():
+    from pyro.infer.autoguide import AutoDiagonalNormal, AutoMultivariateNormal
+
+    x, y = tight_data()
+    mvn = AutoMultivariateNormal(tight_model)
+    mvn(x, y)
+    with torch.no_grad():
+        mvn.loc.copy_(torch.tensor([1.0, 2.0]))
+        mvn.scale.copy_(torch.tensor([0.5, 0.2]))
+    guide = AutoFlowGuide(tight_model, "iaf", affine="full").init_from(mvn, x, y)
+    assert torch.allclose(guide.loc, mvn.loc) and torch.allclose(guide.scale, mvn.scale)
+    expected = mvn.get_posterior(x, y).scale_tril
+    assert torch.allclose(guide.scale[:, None] * guide.scale_tril, expected, atol=1e-6)
+    diag = AutoDiagonalNormal(tight_model)
+    diag(x, y)
+    guide = AutoFlowGuide(tight_model, "maf").init_from(diag, x, y)
+    assert torch.allclose(guide.scale, diag.scale, atol=1e-6)
+    with pytest.raises(ValueError, match="affine"):
+        AutoFlowGuide(tight_model, "iaf", affine="none").init_from(mvn, x, y)
+    with pytest.raises(TypeError, match="AutoContinuous"):
+        AutoFlowGuide(tight_model, "iaf").init_from(object(), x, y)
+    with pytest.raises(ValueError, match="warm_start"):
+        AutoFlowGuide(tight_model, "iaf", warm_start=-1)
+
+
+def test_warm_start_fits_a_tight_posterior_inside_svi():
+    x, y = tight_data()
+    mean, cov = exact_tight_posterior(x, y)
+    guide = AutoFlowGuide(
+        tight_model, "iaf", 2, [16], affine="full", warm_start=1000, warm_start_lr=0.05
+    )
+    svi = SVI(tight_model, guide, ClippedAdam({"lr": 1e-3}), Trace_ELBO(num_particles=4))
+    for _ in range(50):
+        svi.step(x, y)
+    # the MAP fit ran inside the first step, blocked from the ELBO's trace and then dropped
+    assert not [n for n in pyro.get_param_store().keys() if "warm_start" in n]
+    draws = guide.sample_posterior(4000, x, y)["w"]
+    sd = cov.diag().sqrt()
+    assert ((draws.mean(0) - mean).abs() / sd).max() < 0.3
+    assert ((draws.std(0) - sd).abs() / sd).max() < 0.3
