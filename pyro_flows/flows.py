@@ -63,6 +63,9 @@ FAMILIES: dict[str, Family] = {
     "maf": Family(T.maf, T.conditional_maf, min_dim=2, fast_direction="density", ordered=True),
     "iaf": Family(T.iaf, T.conditional_iaf, min_dim=2, fast_direction="sample", ordered=True),
     "ffjord": Family(T.ffjord, T.conditional_ffjord),
+    # one Glow step on vectors: ActNorm (initialised by the first batch of data it scores),
+    # LU 1x1 "convolution" (a learned rotation of the features), affine coupling
+    "glow": Family(T.glow_step, min_dim=2),
     # y = x + g(x) samples in one pass; pass inverse=True for one-pass density of data
     "iresnet": Family(T.iresnet, T.conditional_iresnet, fast_direction="sample"),
     "residual_flow": Family(T.residual_flow, T.conditional_residual_flow, fast_direction="sample"),
@@ -117,7 +120,7 @@ def lookup_family(name: str) -> tuple[str, Family]:
 
 
 def _wrap(layer: nn.Module, family: Family, input_dim: int, context_dim: int | None) -> nn.Module:
-    if isinstance(layer, (T.FlowTransform, T.ConditionalFlowTransform)):
+    if isinstance(layer, (T.FlowTransform, T.ConditionalFlowTransform, T.Compose)):
         return layer
     if context_dim:
         return T.ConditionalPyroTransform(layer, input_dim, context_dim, family.invertible)
@@ -142,7 +145,7 @@ def build(
 
     Arguments:
         name: A key of :data:`FAMILIES` (``"planar"``, ``"radial"``, ``"affine_coupling"``,
-            ``"maf"``, ``"iaf"``, Pyro's ``"spline"``, ``"spline_coupling"``,
+            ``"maf"``, ``"iaf"``, ``"glow"``, Pyro's ``"spline"``, ``"spline_coupling"``,
             ``"spline_autoregressive"`` and, used backwards (one-pass density),
             ``"masked_spline_autoregressive"``, ``"neural_autoregressive"``,
             ``"block_autoregressive"``) or an alias (``"realnvp"``, ``"nsf"`` for

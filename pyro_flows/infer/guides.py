@@ -134,8 +134,9 @@ class AutoFlowGuide(AutoContinuous):
         log-scales of the layers until a draw overflows), and with ``init_scale=1`` they had
         not shrunk to the posterior after 5000 steps. Start them from a Laplace
         approximation instead (``warm_start=1500, affine="full"``, or :meth:`init_from` a
-        fitted Gaussian guide): on ``sblrc-blr`` an IAF guide started so reached mean and sd
-        errors of 0.18 and 0.02 posterior sds, k-hat 0.1 (``benchmarks/vi_guides.py``).
+        fitted Gaussian guide): on ``sblrc-blr`` an IAF guide started so had sd errors of 0.03
+        posterior sds and k-hat 0.37, where cold-started flow guides had not converged
+        (``benchmarks/vi_guides.py``).
 
     Unlike Pyro's flow guides, :meth:`median` and :meth:`quantiles` are answered: by Monte
     Carlo, from ``num_mc_samples`` draws, per coordinate (see :meth:`quantiles` for the error).
