@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 __all__ = [
+    "as_rows",
     "check_choice",
     "check_finite",
     "check_hidden_dims",
@@ -61,3 +64,19 @@ def check_finite(x: Tensor, name: str) -> None:
     if not bool(torch.isfinite(x).all()):
         bad = (~torch.isfinite(x)).sum().item()
         raise ValueError(f"{name} contains {bad} NaN or infinite value(s); clean or drop them")
+
+
+def as_rows(x: Any, name: str) -> Tensor:
+    """Converts ``x`` to a finite 2-D floating tensor (detached), else raises naming it."""
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must hold floating-point values, got dtype {x.dtype}")
+    if x.dim() != 2:
+        raise ValueError(
+            f"{name} must be 2-D with shape (num_rows, num_features), got shape {tuple(x.shape)}"
+        )
+    check_finite(x, name)
+    return x.detach()

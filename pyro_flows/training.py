@@ -5,14 +5,13 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ._validation import check_choice, check_finite, check_last_dim, check_positive_int
+from ._validation import as_rows, check_choice, check_last_dim, check_positive_int
 
 __all__ = [
     "FitHistory",
@@ -47,22 +46,6 @@ class FitHistory:
     def num_steps(self) -> int:
         """The number of optimisation steps taken."""
         return len(self.train_loss)
-
-
-def _as_rows(x: Any, name: str) -> Tensor:
-    """Converts ``x`` to a finite 2-D floating tensor, else raises naming it."""
-    if isinstance(x, np.ndarray):
-        x = torch.from_numpy(np.ascontiguousarray(x))
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise ValueError(f"{name} must hold floating-point values, got dtype {x.dtype}")
-    if x.dim() != 2:
-        raise ValueError(
-            f"{name} must be 2-D with shape (num_rows, num_features), got shape {tuple(x.shape)}"
-        )
-    check_finite(x, name)
-    return x.detach()
 
 
 def _mean_nll(model: nn.Module, x: Tensor, c: Tensor | None, chunk: int) -> float:
@@ -194,8 +177,8 @@ def fit(
     ):
         raise ValueError(f"clip_grad_norm must be a positive number, got {clip_grad_norm!r}")
 
-    x = _as_rows(data, "data")
-    c = None if context is None else _as_rows(context, "context")
+    x = as_rows(data, "data")
+    c = None if context is None else as_rows(context, "context")
     if c is not None and c.shape[0] != x.shape[0]:
         raise ValueError(
             f"context must have one row per row of data ({x.shape[0]}), got {c.shape[0]} rows"
@@ -204,7 +187,7 @@ def fit(
     gen = None if seed is None else torch.Generator().manual_seed(seed)
 
     if val_data is not None:
-        xv = _as_rows(val_data, "val_data")
+        xv = as_rows(val_data, "val_data")
         check_last_dim(xv, x.shape[1], "val_data")
         if (c is None) != (val_context is None):
             raise ValueError(
@@ -213,7 +196,7 @@ def fit(
             )
         cv = None
         if val_context is not None:
-            cv = _as_rows(val_context, "val_context")
+            cv = as_rows(val_context, "val_context")
             check_last_dim(cv, c.shape[1], "val_context")
             if cv.shape[0] != xv.shape[0]:
                 raise ValueError(

@@ -13,7 +13,12 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from .._validation import check_choice, check_finite, check_last_dim, check_positive_int
+from .._validation import (
+    as_rows,
+    check_choice,
+    check_last_dim,
+    check_positive_int,
+)
 from .couplings import Coupling, get_coupling
 from .guidance import drop_context, flag_context
 from .losses import cfm_loss
@@ -50,16 +55,6 @@ class FlowMatchingHistory:
     def num_steps(self) -> int:
         """The number of optimisation steps taken."""
         return len(self.train_loss)
-
-
-def _rows(x: Any, name: str) -> Tensor:
-    if isinstance(x, np.ndarray):
-        x = torch.from_numpy(np.ascontiguousarray(x))
-    if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() != 2:
-        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise ValueError(f"{name} must be a 2-D floating tensor (num_rows, dim), got {shape}")
-    check_finite(x, name)
-    return x.detach()
 
 
 def _draw_source(source: Source, n: int, dim: int, like: Tensor) -> Tensor:
@@ -164,7 +159,7 @@ def fit_flow_matching(
     path = get_path(path)
     coupling = get_coupling(coupling)
 
-    x1_all = _rows(data, "data").to(device=device, dtype=dtype)
+    x1_all = as_rows(data, "data").to(device=device, dtype=dtype)
     n, dim = x1_all.shape
     if coupling.paired != (source_data is not None):
         raise ValueError(
@@ -173,7 +168,7 @@ def fit_flow_matching(
         )
     x0_all = None
     if source_data is not None:
-        x0_all = _rows(source_data, "source_data").to(x1_all)
+        x0_all = as_rows(source_data, "source_data").to(x1_all)
         if x0_all.shape != x1_all.shape:
             raise ValueError(
                 f"source_data must have the shape of data {tuple(x1_all.shape)}, "
@@ -186,7 +181,7 @@ def fit_flow_matching(
         raise TypeError(f"source must be a Distribution or a callable, got {type(source)}")
     c_all = None
     if context is not None:
-        c_all = _rows(context, "context").to(x1_all)
+        c_all = as_rows(context, "context").to(x1_all)
         if c_all.shape[0] != n:
             raise ValueError(
                 f"context must have {n} rows (one per data row), got {c_all.shape[0]}"
@@ -196,12 +191,12 @@ def fit_flow_matching(
 
     xv = cv = None
     if val_data is not None:
-        xv = _rows(val_data, "val_data").to(x1_all)
+        xv = as_rows(val_data, "val_data").to(x1_all)
         check_last_dim(xv, dim, "val_data")
         if (c_all is None) != (val_context is None):
             raise ValueError("val_context must be given exactly when context is given")
         if val_context is not None:
-            cv = _rows(val_context, "val_context").to(x1_all)
+            cv = as_rows(val_context, "val_context").to(x1_all)
             if cv.shape[0] != xv.shape[0]:
                 raise ValueError("val_context must have one row per row of val_data")
     elif val_nll:

@@ -151,7 +151,7 @@ def test_trainer_errors():
         fit_flow_matching(field, data, guidance=True, progress=False)
     with pytest.raises(ValueError, match="val_nll=True needs val_data"):
         fit_flow_matching(field, data, val_nll=True, progress=False)
-    with pytest.raises(ValueError, match="data must be a 2-D"):
+    with pytest.raises(ValueError, match="data must be 2-D"):
         fit_flow_matching(field, data[0], progress=False)
     with pytest.raises(ValueError, match="data contains"):
         fit_flow_matching(field, data.masked_fill(data > 2.5, float("nan")), progress=False)
