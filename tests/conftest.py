@@ -1,6 +1,11 @@
+import importlib.util
+from pathlib import Path
+
 import pyro
 import pytest
 import torch
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 @pytest.fixture(autouse=True)
@@ -19,3 +24,17 @@ def float64():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(old)
+
+
+@pytest.fixture
+def load_example():
+    """Imports ``examples/NAME.py`` as a module: ``load_example("density_2d").main(...)``."""
+
+    def load(name):
+        path = EXAMPLES / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

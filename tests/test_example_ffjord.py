@@ -1,18 +1,6 @@
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
-
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "ffjord_2d.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("ffjord_2d", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 TINY = [
     "--num-steps",
@@ -37,16 +25,16 @@ TINY = [
 ]
 
 
-def test_ffjord_2d_defaults():
-    example = _load()
+def test_ffjord_2d_defaults(load_example):
+    example = load_example("ffjord_2d")
     args = example.parse_args([])
     assert (args.dataset, args.hidden, args.out) == ("all", "64,64,64", "outputs/ffjord_2d.png")
     with pytest.raises(SystemExit):
         example.parse_args(["--dataset", "spiral"])
 
 
-def test_ffjord_2d(tmp_path, capsys):
-    example = _load()
+def test_ffjord_2d(load_example, tmp_path, capsys):
+    example = load_example("ffjord_2d")
     out = tmp_path / "sub" / "ffjord.png"
     results = example.main(example.parse_args([*TINY, "--out", str(out)]))
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -58,12 +46,12 @@ def test_ffjord_2d(tmp_path, capsys):
     assert "KL" in printed and "NFE" in printed
 
 
-def test_trajectories_end_where_the_flow_maps():
+def test_trajectories_end_where_the_flow_maps(load_example):
     import torch
 
     from pyro_flows.transforms import ffjord
 
-    example = _load()
+    example = load_example("ffjord_2d")
     layer = ffjord(2, hidden_dims=[8], rtol=1e-7, atol=1e-7)
     z0 = torch.randn(5, 2)
     path = example.trajectories(layer, z0, num_times=5)

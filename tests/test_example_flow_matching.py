@@ -1,18 +1,6 @@
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 TINY_2D = [
     "--ffjord-steps", "2",
@@ -43,8 +31,8 @@ def _is_png(path):
     return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_flow_matching_2d(tmp_path, capsys):
-    example = _load("flow_matching_2d")
+def test_flow_matching_2d(load_example, tmp_path, capsys):
+    example = load_example("flow_matching_2d")
     assert example.parse_args([]).out == "outputs/flow_matching_2d.png"
     with pytest.raises(SystemExit):
         example.parse_args(["--dataset", "spiral"])
@@ -60,8 +48,8 @@ def test_flow_matching_2d(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("inference", ["nuts", "svi"])
-def test_flow_matching_prior(tmp_path, inference):
-    example = _load("flow_matching_prior")
+def test_flow_matching_prior(load_example, tmp_path, inference):
+    example = load_example("flow_matching_prior")
     out = tmp_path / "prior.png"
     result = example.main(
         example.parse_args([*TINY_PRIOR, "--inference", inference, "--out", str(out)])

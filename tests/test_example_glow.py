@@ -1,21 +1,9 @@
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
 from pyro_flows.datasets import load_digits, load_mnist
-
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "glow_digits.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("glow_digits", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 TINY = [
     "--num-steps",
@@ -42,14 +30,14 @@ TINY = [
 ]
 
 
-def test_glow_digits_defaults():
-    args = _load().parse_args([])
+def test_glow_digits_defaults(load_example):
+    args = load_example("glow_digits").parse_args([])
     assert (args.num_steps, args.levels, args.steps_per_level) == (3000, 2, 4)
     assert (args.out, args.iw_samples, args.threads) == ("outputs/glow_digits.png", 64, 1)
 
 
-def test_glow_digits(tmp_path, capsys):
-    example = _load()
+def test_glow_digits(load_example, tmp_path, capsys):
+    example = load_example("glow_digits")
     out = tmp_path / "sub" / "glow.png"
     results = example.main(example.parse_args([*TINY, "--out", str(out)]))
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -69,8 +57,8 @@ def test_glow_digits(tmp_path, capsys):
     assert "bits/dim" in printed and "| Glow + variational |" in printed
 
 
-def test_categorical_baseline_of_uniform_data_is_log2_levels():
-    example = _load()
+def test_categorical_baseline_of_uniform_data_is_log2_levels(load_example):
+    example = load_example("glow_digits")
     levels = 5
     x = torch.arange(levels).repeat(200).reshape(-1, 1, 1, 2).float()  # every level equally
     bpd = example.categorical_baseline(x, x, levels)

@@ -1,29 +1,18 @@
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_cvae_digits_defaults():
-    args = _load("cvae_digits").parse_args([])
+def test_cvae_digits_defaults(load_example):
+    args = load_example("cvae_digits").parse_args([])
     assert (args.num_samples, args.net, args.out) == (1000, "mlp", "outputs/cvae_digits.png")
     assert args.num_samples >= 100
     with pytest.raises(SystemExit):
-        _load("cvae_digits").parse_args(["--net", "resnet"])
+        load_example("cvae_digits").parse_args(["--net", "resnet"])
 
 
-def test_cvae_digits_tiny(tmp_path, capsys):
-    example = _load("cvae_digits")
+def test_cvae_digits_tiny(load_example, tmp_path, capsys):
+    example = load_example("cvae_digits")
     out = tmp_path / "sub" / "digits.png"
     argv = ["--num-steps", "3", "--hidden", "16", "--flow-hidden", "8", "--num-layers", "1"]
     argv += ["--num-samples", "100", "--elbo-samples", "2", "--test-size", "0.05"]
@@ -38,8 +27,8 @@ def test_cvae_digits_tiny(tmp_path, capsys):
     assert "test IWAE bound" in printed and "flow posterior + flow prior" in printed
 
 
-def test_pivae_poisson_tiny(tmp_path, capsys):
-    example = _load("pivae_poisson")
+def test_pivae_poisson_tiny(load_example, tmp_path, capsys):
+    example = load_example("pivae_poisson")
     out = tmp_path / "pivae.png"
     argv = ["--num-steps", "3", "--hidden", "8", "--num-train", "40", "--num-test", "50"]
     argv += ["--num-synthetic", "20", "--batch-size", "10", "--num-points", "9"]

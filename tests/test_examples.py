@@ -1,18 +1,6 @@
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 TINY = [
     "--num-steps",
@@ -31,16 +19,16 @@ TINY = [
 ]
 
 
-def test_density_2d_defaults():
-    args = _load("density_2d").parse_args([])
+def test_density_2d_defaults(load_example):
+    args = load_example("density_2d").parse_args([])
     assert (args.dataset, args.flow, args.num_layers, args.hidden) == ("all", "maf", 5, "64,64")
     assert (args.batch_size, args.out, args.no_progress) == (512, "outputs/density_2d.png", False)
     with pytest.raises(SystemExit):
-        _load("density_2d").parse_args(["--dataset", "spiral"])
+        load_example("density_2d").parse_args(["--dataset", "spiral"])
 
 
-def test_density_2d(tmp_path, capsys):
-    example = _load("density_2d")
+def test_density_2d(load_example, tmp_path, capsys):
+    example = load_example("density_2d")
     out = tmp_path / "sub" / "density.png"
     results = example.main(example.parse_args([*TINY, "--out", str(out)]))
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

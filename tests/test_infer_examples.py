@@ -8,18 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 PNG = b"\x89PNG\r\n\x1a\n"
 # Two guides keep it quick; the defaults compare five.
 TINY = ["--num-steps", "5", "--num-samples", "200", "--no-progress", "--num-particles", "2"]
 GUIDES = ["--guides", "AutoNormal,flow:iaf", "--num-layers", "1", "--hidden", "32"]
-
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(autouse=True)
@@ -29,8 +21,8 @@ def _keep_threads():
     torch.set_num_threads(old)
 
 
-def _run(name, tmp_path, *extra):
-    example = _load(name)
+def _run(load_example, name, tmp_path, *extra):
+    example = load_example(name)
     out = tmp_path / f"{name}.png"
     results = example.main(example.parse_args([*extra, "--out", str(out)]))
     assert out.read_bytes()[:8] == PNG
@@ -38,8 +30,8 @@ def _run(name, tmp_path, *extra):
 
 
 @pytest.mark.parametrize("name", ["vi_funnel", "vi_banana", "vi_logistic_regression"])
-def test_comparison_examples(name, tmp_path, capsys):
-    results = _run(name, tmp_path, *TINY, *GUIDES)
+def test_comparison_examples(load_example, name, tmp_path, capsys):
+    results = _run(load_example, name, tmp_path, *TINY, *GUIDES)
     assert list(results) == ["AutoNormal", "flow:iaf"]
     for row in results.values():
         assert math.isfinite(row["elbo"]) and math.isfinite(row["seconds"])
@@ -48,26 +40,30 @@ def test_comparison_examples(name, tmp_path, capsys):
     assert "k-hat" in printed and "flow:iaf" in printed
 
 
-def test_eight_schools_with_and_without_reference(tmp_path, capsys):
-    results = _run("vi_eight_schools", tmp_path, *TINY, *GUIDES, "--data-dir", str(tmp_path))
+def test_eight_schools_with_and_without_reference(load_example, tmp_path, capsys):
+    results = _run(
+        load_example, "vi_eight_schools", tmp_path, *TINY, *GUIDES, "--data-dir", str(tmp_path)
+    )
     assert "skipped" in capsys.readouterr().out
     assert set(results["flow:iaf"]) == {"elbo", "pareto_k", "seconds"}
-    example = _load("vi_eight_schools")
+    example = load_example("vi_eight_schools")
     if example.load_reference(example.parse_args([]).data_dir) is None:
         pytest.skip("posteriordb reference draws not found")
-    results = _run("vi_eight_schools", tmp_path, *TINY, *GUIDES, "--centered")
+    results = _run(load_example, "vi_eight_schools", tmp_path, *TINY, *GUIDES, "--centered")
     assert {"mean", "sd"} <= set(results["flow:iaf"])
 
 
-def test_flow_prior_example(tmp_path, capsys):
+def test_flow_prior_example(load_example, tmp_path, capsys):
     tiny = ["--num-steps", "5", "--fit-steps", "5", "--num-samples", "200", "--no-progress"]
-    results = _run("vi_flow_prior", tmp_path, *tiny, "--num-layers", "1", "--hidden", "8")
+    results = _run(
+        load_example, "vi_flow_prior", tmp_path, *tiny, "--num-layers", "1", "--hidden", "8"
+    )
     assert all(math.isfinite(v) for v in results.values())
     assert "sequential vs exact" in capsys.readouterr().out
 
 
-def test_examples_defaults():
-    args = _load("vi_funnel").parse_args([])
+def test_examples_defaults(load_example):
+    args = load_example("vi_funnel").parse_args([])
     assert (args.dim, args.num_steps, args.num_samples) == (10, 2000, 10_000)
     assert args.guides.split(",") == [
         "AutoNormal",
@@ -77,7 +73,9 @@ def test_examples_defaults():
         "flow:maf",
     ]
     with pytest.raises(ValueError, match="unknown guides"):
-        _load("vi_banana").main(_load("vi_banana").parse_args(["--guides", "AutoMagic"]))
+        load_example("vi_banana").main(
+            load_example("vi_banana").parse_args(["--guides", "AutoMagic"])
+        )
 
 
 def test_vi_benchmark_skips_cleanly_without_data(tmp_path, capsys, monkeypatch):
