@@ -6,10 +6,10 @@
 (b) ``NormalizingFlow(build("iaf", D, K, ...), D).sample((N,))`` against the same bare passes
     (and, for information, bare passes plus drawing the N x D base noise).
 
-Both sides are timed with ``torch.utils.benchmark.Timer.blocked_autorange`` (median of the
-blocks), interleaved over ``--rounds`` rounds so that a change of machine load hits both;
-the reported time of a side is its fastest round (the least disturbed by other processes),
-and the bracket gives the range of the per-round ratios. Modes: under ``torch.no_grad()``,
+The sides take turns call by call within each of ``--rounds`` rounds, so that a change of
+machine load hits both alike; a round gives each side's median time per call, and the
+reported ratio is the median over rounds of the per-round ratio (the bracket gives their
+range; the times shown are each side's fastest round). Modes: under ``torch.no_grad()``,
 with grad enabled (forward only), and with grad enabled forward + backward (information
 only). The target is ratio <= 1.2. When a ratio exceeds it (or with ``--profile always``), the
 script times the suspects of the bookkeeping one by one (naming pyro_flows' file:line),
@@ -29,6 +29,7 @@ import io
 import math
 import os
 import pstats
+import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -36,7 +37,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torch.utils.benchmark import Timer
 
 TARGET = 1.2
 MODES = ("no_grad", "grad", "grad_fwd_bwd")
@@ -66,14 +66,8 @@ def _malloc_env() -> str:
     return ", ".join(f"{k}={os.environ[k]}" for k in sorted(keys)) or "none (defaults)"
 
 
-#: The clock of every Timer: set by main() from --clock.
+#: The clock of every timing: set by main() from --clock.
 CLOCK: dict[str, Callable[[], float]] = {"timer": time.perf_counter}
-
-
-def _block(fn: Fn, seconds: float) -> float:
-    """Median seconds per call of ``fn`` over one blocked_autorange of ``seconds``."""
-    timer = Timer("fn()", globals={"fn": fn}, timer=CLOCK["timer"])
-    return timer.blocked_autorange(min_run_time=seconds).median
 
 
 def interleaved(
@@ -82,19 +76,30 @@ def interleaved(
     seconds: float,
     contexts: dict[str, Callable[[], contextlib.AbstractContextManager]] | None = None,
 ) -> dict[str, list[float]]:
-    """Per-round median times of every function, the functions taking turns in each round.
+    """Per-round median seconds per call of every function, taking turns call by call.
 
-    ``contexts[name]()`` (optional) is entered around the timing of ``name`` only.
+    Within a round the functions alternate one call at a time until each has run for
+    ``seconds``, so the medians of a round come from the same stretch of machine load: on a
+    shared machine whose speed drifts by tens of percent from one second to the next, the
+    ratio of two medians of a round is far steadier than that of two separately timed blocks.
+    ``contexts[name]()`` (optional) is entered around each call of ``name`` only.
     """
     contexts = contexts or {}
+    clock = CLOCK["timer"]
     for name, fn in fns.items():  # warm-up: allocator, lazy initialisation
         with contexts.get(name, contextlib.nullcontext)():
             fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(rounds):
-        for name, fn in fns.items():
-            with contexts.get(name, contextlib.nullcontext)():
-                times[name].append(_block(fn, seconds))
+        calls: dict[str, list[float]] = {name: [] for name in fns}
+        while min(sum(c) for c in calls.values()) < seconds or min(map(len, calls.values())) < 5:
+            for name, fn in fns.items():
+                with contexts.get(name, contextlib.nullcontext)():
+                    start = clock()
+                    fn()
+                    calls[name].append(clock() - start)
+        for name, c in calls.items():
+            times[name].append(statistics.median(c))
     return times
 
 
@@ -117,7 +122,8 @@ class Pair:
 
     @property
     def ratio(self) -> float:
-        return self.flow_s / self.bare_s
+        """The median over rounds of the per-round ratio (each round's two medians are paired)."""
+        return statistics.median(self.ratios)
 
     @property
     def ratios(self) -> list[float]:
@@ -568,7 +574,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
     parser.add_argument(
-        "--min-run-time", type=float, default=0.2, help="seconds per Timer block and side"
+        "--min-run-time", type=float, default=0.2, help="seconds per side and round"
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -614,10 +620,10 @@ def main(args: argparse.Namespace | Sequence[str] | None = None) -> dict:
         "# pyro_flows bookkeeping overhead vs bare MADE network passes",
         "",
         f"torch {torch.__version__}, torch.set_num_threads({torch.get_num_threads()}), float32, "
-        f"hidden {args.hidden}, clock: {clock_text}. Each side: median of a "
-        "torch.utils.benchmark blocked_autorange "
-        f"(min_run_time {args.min_run_time} s), {args.rounds} rounds interleaved with the other "
-        "side, fastest round reported; ratio = flow / bare nets (per-round range in brackets). "
+        f"hidden {args.hidden}, clock: {clock_text}. The sides alternate call by call; each of "
+        f"{args.rounds} rounds gives each side's median per call (at least {args.min_run_time} s "
+        "of calls per side); ratio = median over rounds of flow / bare nets of the round "
+        "(per-round range in brackets); times: each side's fastest round. "
         f"Target: ratio <= {TARGET} for no_grad and grad (forward only); grad_fwd_bwd "
         "(forward + backward) is information only. Information columns: for sampling, the bare "
         "passes plus drawing the N x D base noise; 'plain-torch flow' is the same flow "

@@ -51,7 +51,9 @@ from pyro_flows.infer import AutoFlowGuide, compare_guides, guides_from_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(os.environ.get("PYRO_FLOWS_DATA", ROOT.parent / "shared" / "data"))
-DEFAULT_GUIDES = "AutoNormal,AutoMultivariateNormal,AutoIAFNormal,flow:iaf,flow:maf,flow:iaf+laplace"
+DEFAULT_GUIDES = (
+    "AutoNormal,AutoMultivariateNormal,AutoIAFNormal,flow:iaf,flow:maf,flow:iaf+laplace"
+)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

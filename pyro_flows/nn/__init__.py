@@ -1,5 +1,6 @@
-"""Networks for flows: time-dependent vector fields, divergences and ODE regularisers."""
+"""Networks for flows: MADE and dense conditioners, time-dependent vector fields, divergences and ODE regularisers."""
 
+from .dense import ConditionalDenseNN, DenseNN
 from .divergence import NOISES, divergence, divergence_and_frobenius, hutchinson_noise
 from .fields import ACTIVATIONS, ConcatSquashLinear, VectorField
 from .lipschitz import (
@@ -15,6 +16,7 @@ from .lipschitz import (
     LipSwish,
     lipschitz_norm,
 )
+from .made import MADE, ConditionalMADE
 from .regularization import jacobian_frobenius, kinetic_energy, ode_regularization
 
 __all__ = [
@@ -22,7 +24,11 @@ __all__ = [
     "LIPSCHITZ_ACTIVATIONS",
     "NOISES",
     "ConcatSquashLinear",
+    "ConditionalDenseNN",
+    "ConditionalMADE",
+    "DenseNN",
     "Linearization",
+    "MADE",
     "LipschitzConv2d",
     "LipschitzConvNet",
     "LipschitzELU",

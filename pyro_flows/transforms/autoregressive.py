@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from pyro.nn import AutoRegressiveNN, ConditionalAutoRegressiveNN
 from torch import Tensor, nn
 
 from .._validation import check_choice, check_hidden_dims, check_positive_int
-from .base import ConditionalFlowTransform, FlowTransform, broadcast_context
+from ..nn.made import MADE, ConditionalMADE
+from .base import ConditionalFlowTransform, Deferred, FlowTransform, broadcast_context
 from .coupling import _check_bound, bounded_log_scale
 
 __all__ = [
@@ -67,12 +67,18 @@ class _Autoregressive(FlowTransform):
 
     def _shift_and_log_scale(self, v: Tensor) -> tuple[Tensor, Tensor]:
         # One MADE pass: output i depends only on the inputs before i in the order.
+        bound = self.log_scale_bound
+        # Our MADE divides by the bound in its last layer's weights, saving a pass over the data.
+        fold = bound is not None and isinstance(self.network, (MADE, ConditionalMADE))
+        kwargs = {"scales": (1.0, 1.0 / bound)} if fold else {}
         if self.context is None:
-            shift, raw = self.network(v)
+            shift, raw = self.network(v, **kwargs)
         else:
             v, context = broadcast_context(v, self.context)
-            shift, raw = self.network(v, context)
-        return shift, bounded_log_scale(raw, self.log_scale_bound)
+            shift, raw = self.network(v, context, **kwargs)
+        if fold:
+            return shift, bound * torch.tanh(raw)
+        return shift, bounded_log_scale(raw, bound)
 
     def _solve(self, target: Tensor, step: callable) -> tuple[Tensor, Tensor]:
         # Pass k fixes the k-th variable in the order, so D passes give the exact solution;
@@ -120,9 +126,9 @@ class MaskedAutoregressive(_Autoregressive):
         | https://arxiv.org/abs/1502.03509
     """
 
-    def _call_and_ladj(self, z: Tensor) -> tuple[Tensor, Tensor]:
+    def _call_and_ladj(self, z: Tensor) -> tuple[Tensor, Deferred]:
         x, log_scale = self._solve(z, lambda z, shift, s: (z - shift) * torch.exp(-s))
-        return x, -log_scale.sum(-1)
+        return x, Deferred(lambda: -log_scale.sum(-1))
 
     def _inverse_and_ladj(self, x: Tensor) -> tuple[Tensor, Tensor]:
         shift, log_scale = self._shift_and_log_scale(x)
@@ -163,9 +169,10 @@ class InverseAutoregressive(_Autoregressive):
         | https://arxiv.org/abs/1606.04934
     """
 
-    def _call_and_ladj(self, z: Tensor) -> tuple[Tensor, Tensor]:
+    def _call_and_ladj(self, z: Tensor) -> tuple[Tensor, Deferred]:
         shift, log_scale = self._shift_and_log_scale(z)
-        return torch.addcmul(shift, z, log_scale.exp()), log_scale.sum(-1)
+        # Deferred: drawing samples alone never needs the sum.
+        return torch.addcmul(shift, z, log_scale.exp()), Deferred(lambda: log_scale.sum(-1))
 
     def _inverse_and_ladj(self, y: Tensor) -> tuple[Tensor, Tensor]:
         z, log_scale = self._solve(y, lambda y, shift, s: (y - shift) * torch.exp(-s))
@@ -225,6 +232,7 @@ def _made(
     context_dim: int,
     hidden_dims: Sequence[int] | None,
     order: str | Sequence[int] | Tensor,
+    residual: bool = False,
 ) -> nn.Module:
     check_positive_int(input_dim, "input_dim", minimum=2)
     hidden = check_hidden_dims(hidden_dims or [3 * input_dim + 1])
@@ -234,10 +242,10 @@ def _made(
         )
     perm = autoregressive_order(input_dim, order)
     if context_dim:
-        return ConditionalAutoRegressiveNN(
-            input_dim, context_dim, hidden, param_dims=[1, 1], permutation=perm
+        return ConditionalMADE(
+            input_dim, context_dim, hidden, param_dims=[1, 1], permutation=perm, residual=residual
         )
-    return AutoRegressiveNN(input_dim, hidden, param_dims=[1, 1], permutation=perm)
+    return MADE(input_dim, hidden, param_dims=[1, 1], permutation=perm, residual=residual)
 
 
 def maf(
@@ -245,8 +253,12 @@ def maf(
     hidden_dims: Sequence[int] | None = None,
     order: str | Sequence[int] | Tensor = "natural",
     log_scale_bound: float | None = 5.0,
+    residual: bool = False,
 ) -> MaskedAutoregressive:
-    r"""Builds a :class:`MaskedAutoregressive` layer on a :class:`pyro.nn.AutoRegressiveNN`.
+    r"""Builds a :class:`MaskedAutoregressive` layer on a MADE network.
+
+    The network is a :class:`~pyro_flows.nn.MADE`: Pyro's :class:`pyro.nn.AutoRegressiveNN`
+    with contiguous outputs.
 
     Arguments:
         input_dim: The event size :math:`D \ge 2`.
@@ -255,8 +267,10 @@ def maf(
         order: ``"natural"``, ``"reverse"``, ``"random"`` or a permutation (see
             :func:`autoregressive_order`).
         log_scale_bound: The bound of the log-scale, or None.
+        residual: Residual hidden layers (all of one width), each starting at zero; see
+            :class:`~pyro_flows.nn.MADE`.
     """
-    net = _made(input_dim, 0, hidden_dims, order)
+    net = _made(input_dim, 0, hidden_dims, order, residual)
     return MaskedAutoregressive(input_dim, net, log_scale_bound)
 
 
@@ -265,9 +279,10 @@ def iaf(
     hidden_dims: Sequence[int] | None = None,
     order: str | Sequence[int] | Tensor = "natural",
     log_scale_bound: float | None = 5.0,
+    residual: bool = False,
 ) -> InverseAutoregressive:
     """Builds an :class:`InverseAutoregressive` layer (arguments as :func:`maf`)."""
-    net = _made(input_dim, 0, hidden_dims, order)
+    net = _made(input_dim, 0, hidden_dims, order, residual)
     return InverseAutoregressive(input_dim, net, log_scale_bound)
 
 
@@ -277,10 +292,11 @@ def conditional_maf(
     hidden_dims: Sequence[int] | None = None,
     order: str | Sequence[int] | Tensor = "natural",
     log_scale_bound: float | None = 5.0,
+    residual: bool = False,
 ) -> ConditionalMaskedAutoregressive:
     """Builds a :class:`ConditionalMaskedAutoregressive` (arguments as :func:`maf`)."""
     check_positive_int(context_dim, "context_dim")
-    net = _made(input_dim, context_dim, hidden_dims, order)
+    net = _made(input_dim, context_dim, hidden_dims, order, residual)
     return ConditionalMaskedAutoregressive(input_dim, context_dim, net, log_scale_bound)
 
 
@@ -290,8 +306,9 @@ def conditional_iaf(
     hidden_dims: Sequence[int] | None = None,
     order: str | Sequence[int] | Tensor = "natural",
     log_scale_bound: float | None = 5.0,
+    residual: bool = False,
 ) -> ConditionalInverseAutoregressive:
     """Builds a :class:`ConditionalInverseAutoregressive` (arguments as :func:`maf`)."""
     check_positive_int(context_dim, "context_dim")
-    net = _made(input_dim, context_dim, hidden_dims, order)
+    net = _made(input_dim, context_dim, hidden_dims, order, residual)
     return ConditionalInverseAutoregressive(input_dim, context_dim, net, log_scale_bound)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from pyro.nn import ConditionalDenseNN, DenseNN
 from torch import Tensor, nn
 
 from .._validation import check_choice, check_hidden_dims, check_positive_int
-from .base import ConditionalFlowTransform, FlowTransform, broadcast_context
+from ..nn.dense import ConditionalDenseNN, DenseNN
+from .base import ConditionalFlowTransform, Deferred, FlowTransform, broadcast_context
 
 __all__ = [
     "AffineCoupling",
@@ -129,12 +129,14 @@ class AffineCoupling(FlowTransform):
             shift, raw = self.conditioner(x_a, context)
         return shift, bounded_log_scale(raw, self.log_scale_bound)
 
-    def _call_and_ladj(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def _call_and_ladj(self, x: Tensor) -> tuple[Tensor, Deferred]:
         x_a, x_b = x[..., self.idx_a], x[..., self.idx_b]
         shift, log_scale = self._shift_and_log_scale(x_a)
         y_b = x_b * log_scale.exp() + shift
         x_a = x_a.expand(y_b.shape[:-1] + x_a.shape[-1:])
-        return torch.cat([x_a, y_b], dim=-1)[..., self.unsplit], log_scale.sum(-1)
+        return torch.cat([x_a, y_b], dim=-1)[..., self.unsplit], Deferred(
+            lambda: log_scale.sum(-1)
+        )
 
     def _inverse_and_ladj(self, y: Tensor) -> tuple[Tensor, Tensor]:
         y_a, y_b = y[..., self.idx_a], y[..., self.idx_b]
@@ -204,8 +206,9 @@ def affine_coupling(
     mask: str | Sequence[bool] | Tensor = "half",
     flip: bool = False,
     log_scale_bound: float | None = 5.0,
+    residual: bool = False,
 ) -> AffineCoupling:
-    r"""Builds an :class:`AffineCoupling` with a :class:`pyro.nn.DenseNN` conditioner.
+    r"""Builds an :class:`AffineCoupling` with a dense conditioner (:class:`pyro_flows.nn.DenseNN`).
 
     Arguments:
         input_dim: The event size :math:`D \ge 2`.
@@ -213,11 +216,12 @@ def affine_coupling(
         mask: ``"half"``, ``"alternate"`` or a custom boolean mask (see :func:`coupling_mask`).
         flip: Swap which features are transformed.
         log_scale_bound: The bound of the log-scale, or None.
+        residual: Residual hidden layers (all of one width): :math:`h \leftarrow h + W f(h) + b`.
     """
     m = coupling_mask(input_dim, mask, flip)
     hidden = check_hidden_dims(hidden_dims or [10 * input_dim, 10 * input_dim])
     n_a = int(m.sum())
-    net = DenseNN(n_a, hidden, param_dims=[input_dim - n_a, input_dim - n_a])
+    net = DenseNN(n_a, hidden, param_dims=[input_dim - n_a, input_dim - n_a], residual=residual)
     return AffineCoupling(input_dim, m, _zero_last_layer(net), log_scale_bound)
 
 
@@ -228,8 +232,9 @@ def conditional_affine_coupling(
     mask: str | Sequence[bool] | Tensor = "half",
     flip: bool = False,
     log_scale_bound: float | None = 5.0,
+    residual: bool = False,
 ) -> ConditionalAffineCoupling:
-    r"""Builds a :class:`ConditionalAffineCoupling` with a :class:`pyro.nn.ConditionalDenseNN`.
+    r"""Builds a :class:`ConditionalAffineCoupling` (conditioner :class:`pyro_flows.nn.ConditionalDenseNN`).
 
     Arguments:
         input_dim: The event size :math:`D \ge 2`.
@@ -238,6 +243,7 @@ def conditional_affine_coupling(
         mask: ``"half"``, ``"alternate"`` or a custom boolean mask.
         flip: Swap which features are transformed.
         log_scale_bound: The bound of the log-scale, or None.
+        residual: Residual hidden layers (all of one width): :math:`h \leftarrow h + W f(h) + b`.
     """
     m = coupling_mask(input_dim, mask, flip)
     check_positive_int(context_dim, "context_dim")
@@ -245,7 +251,7 @@ def conditional_affine_coupling(
     hidden = check_hidden_dims(hidden_dims or [width, width])
     n_a = int(m.sum())
     net = ConditionalDenseNN(
-        n_a, context_dim, hidden, param_dims=[input_dim - n_a, input_dim - n_a]
+        n_a, context_dim, hidden, param_dims=[input_dim - n_a, input_dim - n_a], residual=residual
     )
     return ConditionalAffineCoupling(
         input_dim, context_dim, m, _zero_last_layer(net), log_scale_bound

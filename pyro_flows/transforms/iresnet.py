@@ -15,7 +15,7 @@ from torch.distributions import constraints
 
 from .._validation import check_choice, check_hidden_dims, check_last_dim, check_positive_int
 from ..nn.lipschitz import Linearization, LipschitzConvNet, LipschitzMLP, LipschitzNetwork
-from .base import ConditionalFlowTransform, FlowTransform, _cache_valid, _state_key
+from .base import ConditionalFlowTransform, Deferred, FlowTransform, _state_key
 
 __all__ = [
     "LOGDET_ESTIMATORS",
@@ -164,13 +164,6 @@ def _logdet_roulette(lin: Linearization, opts: _Options, like: Tensor) -> Tensor
 
 
 # -- the block --------------------------------------------------------------------------------
-
-
-class _Deferred:
-    """A log-determinant computed on first request (sampling alone never pays for it)."""
-
-    def __init__(self, compute: Callable[[], Tensor]) -> None:
-        self.compute = compute
 
 
 class _ResidualBlock(FlowTransform):
@@ -359,30 +352,14 @@ class _ResidualBlock(FlowTransform):
     def _call(self, x: Tensor) -> Tensor:
         self._check(x, "x")
         y, ladj = self._forward(x)
-        self._saved = (x, y, _Deferred(ladj), _state_key(self))
+        self._saved = (x, y, Deferred(ladj), _state_key(self))
         return y
 
     def _inverse(self, y: Tensor) -> Tensor:
         self._check(y, "y")
         x, ladj = self._backward(y)
-        self._saved = (x, y, _Deferred(ladj), _state_key(self))
+        self._saved = (x, y, Deferred(ladj), _state_key(self))
         return x
-
-    def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
-        r"""Returns :math:`\log|\det \partial y/\partial x|`, shape ``batch``, with the current estimator."""
-        saved = self._saved
-        if (
-            saved is not None
-            and isinstance(saved[2], _Deferred)
-            and saved[0] is x
-            and saved[1] is y
-            and _cache_valid(saved[3], _state_key(self))
-        ):
-            value = saved[2].compute()
-            if torch.is_grad_enabled() == saved[3][0]:
-                self._saved = (x, y, value, saved[3])
-            return value
-        return super().log_abs_det_jacobian(x, y)
 
     def extra_repr(self) -> str:  # noqa: D102
         o = self.options

@@ -53,3 +53,20 @@ def test_iaf_samples_and_scores_its_samples_in_one_pass():
     calls.clear()
     flow.log_prob(torch.randn(8, dim))  # arbitrary data: the D-pass inverse
     assert len(calls) == dim
+
+
+def test_sampling_defers_the_log_det_and_scoring_resolves_it():
+    # Drawing samples alone never sums the log-scales; scoring them gets the exact value.
+    from pyro_flows.transforms.base import Deferred
+
+    torch.manual_seed(0)
+    t = T.iaf(3, hidden_dims=[8]).double()
+    with torch.no_grad():
+        for p in t.parameters():
+            p.normal_(0, 0.3)
+    z = torch.randn(5, 3, dtype=torch.float64)
+    y = t(z)
+    assert isinstance(t._saved[2], Deferred)
+    expected = t._ladj(z.clone(), y.clone())
+    torch.testing.assert_close(t.log_abs_det_jacobian(z, y), expected, rtol=0, atol=1e-12)
+    assert not isinstance(t._saved[2], Deferred)  # resolved once, then kept

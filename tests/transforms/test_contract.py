@@ -86,12 +86,19 @@ TRANSFORMS = {
     "maf": Case(lambda d: T.maf(d, hidden_dims=[24]), min_dim=2),
     "maf_random_order": Case(lambda d: T.maf(d, hidden_dims=[24], order="random"), min_dim=2),
     "iaf": Case(lambda d: T.iaf(d, hidden_dims=[24]), min_dim=2),
+    "maf_residual": Case(lambda d: T.maf(d, hidden_dims=[24, 24], residual=True), 2),
+    "affine_coupling_residual": Case(
+        lambda d: T.affine_coupling(d, hidden_dims=[24, 24], residual=True), min_dim=2
+    ),
     "permutation": Case(T.permutation, min_dim=1),
     "conditional_affine_coupling": Case(
         lambda d: T.conditional_affine_coupling(d, CONTEXT_DIM, hidden_dims=[24]), min_dim=2
     ),
     "conditional_maf": Case(lambda d: T.conditional_maf(d, CONTEXT_DIM, hidden_dims=[24]), 2),
     "conditional_iaf": Case(lambda d: T.conditional_iaf(d, CONTEXT_DIM, hidden_dims=[24]), 2),
+    "conditional_iaf_residual": Case(
+        lambda d: T.conditional_iaf(d, CONTEXT_DIM, hidden_dims=[24, 24], residual=True), 2
+    ),
     # stacks built by name, including Pyro's families behind the same door
     # Stacked MAFs sample by a D-pass recursion; with random parameters three layers scale a
     # 16-D output to ~1e12, beyond what an absolute float64 tolerance can measure, so the stack
