@@ -3,6 +3,7 @@
 __version__ = "0.1.0"
 
 from . import (  # noqa: E402
+    bases,
     datasets,
     density,
     dequantization,
@@ -19,6 +20,7 @@ from . import (  # noqa: E402
 
 __all__ = [
     "__version__",
+    "bases",
     "datasets",
     "density",
     "dequantization",

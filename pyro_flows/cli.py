@@ -402,6 +402,15 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     if args.patience is not None and num_val == 0:
         raise CLIError("--patience needs a validation split: set --val-fraction > 0")
 
+    if args.base_components is not None and args.base != "gmm":
+        raise CLIError("--base-components needs --base gmm")
+    if args.base == "gmm":
+        k = args.base_components or 1
+        if table.num_rows - num_val < k:
+            raise CLIError(
+                f"--base-components {k} needs at least {k} training rows; {table.path} "
+                f"gives {table.num_rows - num_val}"
+            )
     est = DensityEstimator(
         flow=args.flow,
         num_layers=args.layers,
@@ -417,6 +426,9 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=not args.no_progress,
         dtype=args.dtype,
+        base=args.base,
+        base_components=args.base_components or 1,
+        base_covariance=args.base_covariance,
     )
     t0 = time.perf_counter()
     est.fit(
@@ -438,6 +450,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
     h = est.history_
     what = f"{name} ({args.layers} layers, hidden {','.join(map(str, args.hidden))})"
+    if args.base == "gmm":
+        what += f" on a {est.base_components}-component Gaussian-mixture base"
     rows = f"{est.info_['num_train']} training + {est.info_['num_val']} validation rows"
     given = "" if ctx is None else f" given {len(ctx)} context column(s)"
     print(
@@ -772,6 +786,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-standardize", action="store_true", help="do not standardise the columns"
     )
     fit.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    fit.add_argument(
+        "--base",
+        choices=("normal", "gmm"),
+        default="normal",
+        help="the base distribution: normal, N(0, I) (default), or gmm, a learnable Gaussian "
+        "mixture initialised by EM and trained with the flow",
+    )
+    fit.add_argument(
+        "--base-components",
+        type=_positive_int,
+        default=None,
+        metavar="K",
+        help="number of mixture components of --base gmm (default 1)",
+    )
+    fit.add_argument(
+        "--base-covariance",
+        choices=("full", "diag"),
+        default="full",
+        help="the mixture's covariances (--base gmm; default full)",
+    )
     fit.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     fit.set_defaults(run=_cmd_fit)
 

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from . import transforms as T
 from ._validation import check_choice, check_hidden_dims, check_positive_int
+from .bases import GaussianMixture
 from .distributions import NormalizingFlow
 from .flows import FAMILIES, build, lookup_family
 from .training import FitHistory
@@ -37,7 +38,10 @@ __all__ = [
 #: The version of the file layout written by :meth:`DensityEstimator.save`. It changes whenever
 #: a file written by one version could be read wrongly by another; :meth:`DensityEstimator.load`
 #: refuses any other version.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Version 1 (before learnable bases) files are version 2 files with a standard normal base.
+_READABLE_VERSIONS = (1, 2)
+_BASES = ("normal", "gmm")
 _FORMAT = "pyro_flows.density.DensityEstimator"
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _CHUNK = 8192
@@ -302,6 +306,16 @@ class DensityEstimator:
         dtype: ``"float32"`` or ``"float64"``, the precision of the model.
         flow_kwargs: Further keyword arguments of the family's helper (e.g.
             ``{"count_bins": 8}``); JSON-serialisable, as they are saved.
+        base: The base distribution of the flow (in standardised units): ``"normal"``, the
+            standard normal :math:`N(0, I)`, or ``"gmm"``, a learnable mixture of
+            ``base_components`` Gaussians (:class:`~pyro_flows.bases.GaussianMixture`). The
+            mixture is initialised by EM on the training rows pulled back through the
+            initial flow, :math:`z = f^{-1}(x)`, so training starts at a fitted Gaussian
+            mixture and, with early stopping, keeps the best of it and its refinements. MAF
+            and coupling layers then start at the identity (MAF's output layers are zeroed),
+            so the model starts at the mixture fitted to the standardised data itself.
+        base_components: The number of mixture components :math:`K` of ``base="gmm"``.
+        base_covariance: ``"full"`` or ``"diag"``, the mixture's covariances.
 
     Example:
         >>> rng = np.random.default_rng(0)
@@ -311,6 +325,10 @@ class DensityEstimator:
         (3,)
         >>> est.sample(4, seed=0).shape
         (4, 2)
+        >>> gmm = DensityEstimator("maf", num_layers=2, hidden_dims=(16,), num_steps=50,
+        ...                        base="gmm", base_components=2, seed=0)
+        >>> gmm.fit(X).score_samples(X[:3]).shape
+        (3,)
     """
 
     def __init__(
@@ -330,6 +348,9 @@ class DensityEstimator:
         progress: bool = False,
         dtype: str = "float32",
         flow_kwargs: dict[str, Any] | None = None,
+        base: str = "normal",
+        base_components: int = 1,
+        base_covariance: str = "full",
     ) -> None:
         self.flow = flow
         self.num_layers = num_layers
@@ -346,6 +367,9 @@ class DensityEstimator:
         self.progress = progress
         self.dtype = dtype
         self.flow_kwargs = flow_kwargs
+        self.base = base
+        self.base_components = base_components
+        self.base_covariance = base_covariance
 
     # -- scikit-learn protocol ----------------------------------------------------------------
     @classmethod
@@ -393,6 +417,14 @@ class DensityEstimator:
                 raise ValueError(
                     f"flow_kwargs must be JSON-serialisable to be saved: {e}"
                 ) from None
+        check_choice(self.base, _BASES, "base")
+        check_positive_int(self.base_components, "base_components")
+        if self.base == "normal" and self.base_components != 1:
+            raise ValueError(
+                f"base_components={self.base_components} needs base='gmm' (the normal base "
+                "has one component)"
+            )
+        check_choice(self.base_covariance, ("diag", "full"), "base_covariance")
         return name, hidden, _DTYPES[self.dtype]
 
     def _build(
@@ -433,9 +465,42 @@ class DensityEstimator:
             std = Standardization(torch.as_tensor(mean), torch.as_tensor(scale))
             compose = T.Compose if context_dim is None else T.ConditionalCompose
             core = compose([core, std])
-        return NormalizingFlow(core, input_dim, context_dim=context_dim).to(dtype)
+        base = None
+        if self.base == "gmm":
+            base = GaussianMixture(input_dim, self.base_components, self.base_covariance)
+        return NormalizingFlow(core, input_dim, context_dim=context_dim, base=base).to(dtype)
 
     # -- fitting ------------------------------------------------------------------------------
+    @staticmethod
+    def _start_at_identity(model: NormalizingFlow) -> None:
+        """Zeroes the output layer of every MAF layer's MADE: shift 0, log-scale 0, identity.
+
+        Coupling layers start at the identity already; other layers keep their random start,
+        which the base's EM then sees through :math:`z = f^{-1}(x)`.
+        """
+        with torch.no_grad():
+            for m in model.transform.modules():
+                if isinstance(m, T.MaskedAutoregressive | T.ConditionalMaskedAutoregressive):
+                    last = m.network.layers[-1]
+                    last.weight.zero_()
+                    last.bias.zero_()
+
+    def _initialize_base(
+        self, model: NormalizingFlow, x: np.ndarray, c: np.ndarray | None
+    ) -> None:
+        """Fits the mixture base by EM to the training rows pulled back through the flow."""
+        dtype = next(iter(model.buffers())).dtype
+        with torch.no_grad():
+            xs = torch.as_tensor(x, dtype=dtype)
+            cs = None if c is None else torch.as_tensor(c, dtype=dtype)
+            z = torch.cat(
+                [
+                    model.inverse(xs[i : i + _CHUNK], None if cs is None else cs[i : i + _CHUNK])
+                    for i in range(0, xs.shape[0], _CHUNK)
+                ]
+            )
+        model.base.initialize(z, seed=self.seed)
+
     def fit(
         self,
         X: Any,
@@ -518,6 +583,11 @@ class DensityEstimator:
             raise ValueError(f"too few rows to fit: {xt.shape[0]} training row(s), need >= 2")
         if self.patience is not None and xv is None:
             raise ValueError("patience needs validation rows: set val_fraction > 0 or val_X")
+        if self.base == "gmm" and xt.shape[0] < self.base_components:
+            raise ValueError(
+                f"base_components={self.base_components} needs at least that many training "
+                f"rows, got {xt.shape[0]}"
+            )
 
         mean = scale = cmean = cscale = None
         if self.standardize:
@@ -531,6 +601,9 @@ class DensityEstimator:
             model = self._build(
                 x.shape[1], None if c is None else c.shape[1], mean, scale, cmean, cscale
             )
+            if self.base == "gmm":
+                self._start_at_identity(model)
+                self._initialize_base(model, xt, ct)
             history = fit_model(
                 model,
                 xt,
@@ -734,7 +807,7 @@ class DensityEstimator:
                 "DensityEstimator header; was it written by DensityEstimator.save?)"
             )
         version = payload.get("format_version")
-        if version != FORMAT_VERSION:
+        if version not in _READABLE_VERSIONS:
             written_by = "an unknown version"
             with contextlib.suppress(Exception):
                 written_by = json.loads(payload["meta"])["library_version"]
@@ -742,7 +815,7 @@ class DensityEstimator:
             raise ModelFileError(
                 f"{path}: model file format version {version!r} (written by pyro_flows "
                 f"{written_by}) cannot be read by pyro_flows {__version__}, which reads "
-                f"version {FORMAT_VERSION}; "
+                f"versions {', '.join(map(str, _READABLE_VERSIONS))}; "
                 + ("upgrade pyro_flows" if newer else "refit the model with this version")
             )
         meta_text, state = payload.get("meta"), payload.get("state_dict")

@@ -17,9 +17,9 @@ _HALF_LOG_TWO_PI = 0.5 * math.log(2 * math.pi)
 
 
 class NormalizingFlow(nn.Module):
-    r"""A standard normal base pushed through a transform: :math:`x = f(z)`, :math:`z \sim N(0, I)`.
+    r"""A base pushed through a transform: :math:`x = f(z)`, :math:`z \sim p` (default N(0, I)).
 
-    .. math:: \log q(x \mid c) = \log N(f_c^{-1}(x); 0, I)
+    .. math:: \log q(x \mid c) = \log p(f_c^{-1}(x))
               - \log\left|\det \frac{\partial f_c}{\partial z}\right|_{z = f_c^{-1}(x)}
 
     Calling the module gives a :class:`pyro.distributions.TransformedDistribution`, so it can be
@@ -27,14 +27,19 @@ class NormalizingFlow(nn.Module):
     ``pyro.module("flow", flow)`` registers its parameters. ``log_prob``, ``sample`` and
     ``rsample`` are shortcuts that also check their inputs (event shape, NaN/inf).
 
-    The base distribution is held in buffers, so ``.to(device)`` and ``.to(torch.float64)``
-    move everything.
+    The standard normal base is held in buffers, so ``.to(device)`` and ``.to(torch.float64)``
+    move everything. A learnable ``base`` (e.g. a
+    :class:`~pyro_flows.bases.GaussianMixture`) replaces :math:`N(0, I)` by its density
+    :math:`p_\phi(z)`; its parameters are trained with the flow's.
 
     Arguments:
         transform: A ``TransformModule`` mapping base noise to data, or a
             ``ConditionalTransformModule`` for a conditional density :math:`q(x \mid c)`.
         input_dim: The event size :math:`D`.
         context_dim: The context size :math:`C` of a conditional transform.
+        base: None for :math:`N(0, I)`, or a module whose ``log_prob(z)`` returns
+            :math:`\log p_\phi(z)` of shape ``z.shape[:-1]`` and whose call returns the
+            distribution (event shape ``(D,)``).
 
     Example:
         >>> from pyro_flows.flows import build
@@ -44,7 +49,13 @@ class NormalizingFlow(nn.Module):
         torch.Size([3])
     """
 
-    def __init__(self, transform: nn.Module, input_dim: int, context_dim: int | None = None):
+    def __init__(
+        self,
+        transform: nn.Module,
+        input_dim: int,
+        context_dim: int | None = None,
+        base: nn.Module | None = None,
+    ) -> None:
         super().__init__()
         self.input_dim = check_positive_int(input_dim, "input_dim")
         self.conditional = isinstance(transform, ConditionalTransformModule)
@@ -58,6 +69,15 @@ class NormalizingFlow(nn.Module):
         self.transform = transform
         self.register_buffer("base_loc", torch.zeros(input_dim))
         self.register_buffer("base_scale", torch.ones(input_dim))
+        if base is not None:
+            if not (isinstance(base, nn.Module) and callable(getattr(base, "log_prob", None))):
+                raise TypeError(
+                    f"base must be an nn.Module with a log_prob method, got {type(base).__name__}"
+                )
+            dim = getattr(base, "input_dim", input_dim)
+            if dim != input_dim:
+                raise ValueError(f"base has input_dim {dim}, but the flow has {input_dim}")
+        self.base = base
 
     def _transform(self, context: Tensor | None) -> nn.Module:
         if not self.conditional:
@@ -76,7 +96,10 @@ class NormalizingFlow(nn.Module):
         A context of shape ``(*batch, C)`` gives a distribution with batch shape ``batch``.
         """
         transform = self._transform(context)
-        base = dist.Normal(self.base_loc, self.base_scale).to_event(1)
+        if self.base is None:
+            base = dist.Normal(self.base_loc, self.base_scale).to_event(1)
+        else:
+            base = self.base()
         if context is not None:
             base = base.expand(context.shape[:-1])
         return dist.TransformedDistribution(base, [transform])
@@ -93,8 +116,20 @@ class NormalizingFlow(nn.Module):
         if not hasattr(transform, "inverse_and_ladj"):
             return self(context).log_prob(x)
         z, ladj = transform.inverse_and_ladj(x)
-        log_base = -0.5 * z.pow(2).sum(-1) - self.input_dim * _HALF_LOG_TWO_PI
+        if self.base is None:
+            log_base = -0.5 * z.pow(2).sum(-1) - self.input_dim * _HALF_LOG_TWO_PI
+        else:
+            log_base = self.base.log_prob(z)
         return log_base - ladj
+
+    def inverse(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        r"""Maps data to base noise, :math:`z = f_c^{-1}(x)`, shape ``x.shape``."""
+        check_last_dim(x, self.input_dim, "x")
+        check_finite(x, "x")
+        transform = self._transform(context)
+        if hasattr(transform, "inverse_and_ladj"):
+            return transform.inverse_and_ladj(x)[0]
+        return transform.inv(x)
 
     def rsample(
         self, sample_shape: torch.Size | tuple = (), context: Tensor | None = None

@@ -340,6 +340,28 @@ CASES = {
         ["argument --val-fraction: expected a number in [0, 1)"],
         2,
     ),
+    "base components without gmm base": (
+        lambda bad: ["fit", bad("t.csv", ["a", "b", "c"], good_rows()), "--base-components", "2"],
+        ["--base-components needs --base gmm"],
+        1,
+    ),
+    "too many base components": (
+        lambda bad: [
+            "fit",
+            bad("t.csv", ["a", "b", "c"], good_rows()),
+            "--base",
+            "gmm",
+            "--base-components",
+            "500",
+        ],
+        ["--base-components 500 needs at least 500 training rows"],
+        1,
+    ),
+    "unknown base": (
+        lambda bad: ["fit", bad("t.csv", ["a", "b", "c"], good_rows()), "--base", "student"],
+        ["argument --base: invalid choice: 'student'"],
+        2,
+    ),
     "unknown flow": (
         lambda bad: ["fit", bad("t.csv", ["a", "b", "c"], good_rows()), "--flow", "naf"],
         ["argument --flow: invalid choice: 'naf'"],
@@ -400,3 +422,27 @@ def test_bad_model_files(data, model, tmp_path, capsys):
     other = write_csv(tmp_path / "other.csv", ["x", "y"], [[1, 2], [3, 4]])
     assert main(["score", str(model), str(other)]) == 1
     assert "other.csv: has no column 'a'" in capsys.readouterr().err
+
+
+def test_gmm_base_round_trips(data, tmp_path, capsys):
+    out = tmp_path / "gmm.pt"
+    argv = ["fit", str(data), "--columns", "a,b", "--out", str(out), *TINY]
+    assert (
+        main([*argv, "--base", "gmm", "--base-components", "3", "--base-covariance", "diag"]) == 0
+    )
+    assert "on a 3-component Gaussian-mixture base" in capsys.readouterr().out
+    est = DensityEstimator.load(out)
+    params = est.get_params()
+    assert (params["base"], params["base_components"], params["base_covariance"]) == (
+        "gmm",
+        3,
+        "diag",
+    )
+    assert est.flow_.base.num_components == 3 and est.flow_.base.covariance == "diag"
+    capsys.readouterr()
+    logp = tmp_path / "logp.csv"
+    assert main(["score", str(out), str(data), "--out", str(logp)]) == 0
+    x = np.genfromtxt(data, delimiter=",", skip_header=1, usecols=(0, 1))
+    np.testing.assert_allclose(read_csv(logp)[1][:, 0], est.score_samples(x), rtol=1e-9)
+    assert main(["sample", str(out), "-n", "20", "--out", str(tmp_path / "s.csv")]) == 0
+    assert read_csv(tmp_path / "s.csv")[1].shape == (20, 2)

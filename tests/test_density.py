@@ -226,7 +226,7 @@ def test_load_refuses_bad_files(fitted, tmp_path):
         DensityEstimator.load(foreign)
 
     future = _payload(good)
-    future["format_version"] = FORMAT_VERSION + 98
+    future["format_version"] = 99
     torch.save(future, tmp_path / "future.pt")
     with pytest.raises(ModelFileError, match=r"format version 99 .* upgrade pyro_flows"):
         DensityEstimator.load(tmp_path / "future.pt")
@@ -262,3 +262,89 @@ def test_save_is_atomic(fitted, tmp_path, monkeypatch):
         fitted.save(path)
     assert path.read_bytes() == b"previous"
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+
+
+# -- Gaussian-mixture base ----------------------------------------------------------------------
+
+
+def _two_clusters(n, seed):
+    rng = np.random.default_rng(seed)
+    x = np.concatenate([rng.normal(-3, 0.5, (n // 2, 2)), rng.normal(3, 1.0, (n - n // 2, 2))])
+    return x * [10.0, 0.1] + [100.0, -3.0]
+
+
+@pytest.fixture(scope="module")
+def fitted_gmm():
+    x, v = _two_clusters(400, 0), _two_clusters(100, 1)
+    est = DensityEstimator(
+        "maf",  # with a mixture base, MAF layers start at the identity
+        num_layers=2,
+        hidden_dims=(8,),
+        num_steps=20,
+        eval_every=10,
+        base="gmm",
+        base_components=2,
+        seed=0,
+        dtype="float64",
+    )
+    return est.fit(x, val_X=v), x, v
+
+
+def test_gmm_base_starts_at_the_em_mixture_in_original_units(fitted_gmm):
+    from pyro_flows.bases import fit_gaussian_mixture
+
+    est, x, v = fitted_gmm
+    mean, std = x.mean(0), x.std(0)
+    w, mu, cov, _ = fit_gaussian_mixture(torch.from_numpy((x - mean) / std), 2, seed=0)
+    dens = sum(
+        w[k].item() * multivariate_normal(mu[k].numpy(), cov[k].numpy()).pdf((v - mean) / std)
+        for k in range(2)
+    )
+    expected = -np.mean(np.log(dens)) + np.log(std).sum()  # NLL in the data's units
+    assert est.history_.val_steps[0] == 0
+    assert abs(est.history_.val_nll[0] - expected) < 1e-10
+    assert est.history_.best_val_nll <= est.history_.val_nll[0]
+
+
+def test_gmm_base_save_load_gives_identical_scores(fitted_gmm, tmp_path):
+    est, _, v = fitted_gmm
+    est.save(tmp_path / "gmm.pt")
+    loaded = DensityEstimator.load(tmp_path / "gmm.pt")
+    assert loaded.get_params()["base"] == "gmm" and loaded.get_params()["base_components"] == 2
+    np.testing.assert_array_equal(loaded.score_samples(v), est.score_samples(v))
+    np.testing.assert_array_equal(loaded.sample(5, seed=2), est.sample(5, seed=2))
+
+
+def test_format_version_1_files_still_load(fitted, tmp_path):
+    # A file written before learnable bases: version 1, no base settings in its params.
+    old = tmp_path / "v1.pt"
+    fitted.save(old)
+    payload = _payload(old)
+    assert payload["format_version"] == FORMAT_VERSION == 2
+    meta = json.loads(payload["meta"])
+    for key in ("base", "base_components", "base_covariance"):
+        del meta["params"][key]
+    payload["meta"] = json.dumps(meta, sort_keys=True)
+    payload["format_version"] = 1
+    payload["sha256"] = density._digest(payload["meta"], payload["state_dict"])
+    torch.save(payload, old)
+    loaded = DensityEstimator.load(old)
+    assert loaded.base == "normal"
+    x = gaussian(MU, COV, 50, 4)
+    np.testing.assert_array_equal(loaded.score_samples(x), fitted.score_samples(x))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"base": "student"}, r"unknown base 'student'"),
+        ({"base": "gmm", "base_components": 0}, r"base_components must be an integer >= 1"),
+        ({"base_components": 3}, r"base_components=3 needs base='gmm'"),
+        ({"base": "gmm", "base_covariance": "tied"}, r"unknown base_covariance 'tied'"),
+        ({"base": "gmm", "base_components": 60}, r"base_components=60 needs at least"),
+    ],
+)
+def test_base_errors(kwargs, match):
+    x = np.random.default_rng(0).normal(size=(50, 2))
+    with pytest.raises(ValueError, match=match):
+        DensityEstimator(num_layers=1, hidden_dims=(4,), num_steps=1, **kwargs).fit(x)

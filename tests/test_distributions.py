@@ -84,3 +84,21 @@ def test_one_pass_log_prob_equals_transformed_distribution(name, context_dim):
     c = None if context_dim is None else torch.randn(6, context_dim, dtype=torch.float64)
     expected = flow(c).log_prob(x.clone())
     assert torch.allclose(flow.log_prob(x, c), expected, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("context_dim", [None, 3])
+def test_mixture_base_one_pass_log_prob_equals_transformed_distribution(context_dim):
+    from pyro_flows.bases import GaussianMixture
+
+    torch.manual_seed(0)
+    base = GaussianMixture(2, 3)
+    with torch.no_grad():
+        base.logits.normal_()
+        base.lower.normal_()
+    flow = normalizing_flow("maf", 2, num_layers=2, context_dim=context_dim)
+    flow = type(flow)(flow.transform, 2, context_dim=context_dim, base=base).double()
+    c = None if context_dim is None else torch.randn(5, 3, dtype=torch.float64)
+    x = torch.randn(5, 2, dtype=torch.float64)
+    torch.testing.assert_close(flow.log_prob(x, c), flow(c).log_prob(x))
+    assert flow.sample((4,), c).shape == ((4, 2) if c is None else (4, 5, 2))
+    assert {n for n, _ in flow.named_parameters()} >= {"base.logits", "base.loc", "base.lower"}
