@@ -5,7 +5,7 @@ output and hands back strided views of it. Elementwise kernels on those views (t
 of a bounded log-scale, the ``exp`` of a scale) run about ten times slower on CPU than on
 contiguous tensors, which made them as costly as the network itself. The subclasses here keep
 Pyro's masks, layers and ``state_dict`` keys and change only the last layer's product: one
-batched matmul writes the parameters as ``(P, M, D)``, so each comes out contiguous.
+matmul per parameter, so each comes out as its own contiguous tensor.
 """
 
 from __future__ import annotations
@@ -36,6 +36,10 @@ def hidden_features(net: nn.Module, x: Tensor) -> Tensor:
         for layer in layers[1:-1]:
             h = h + layer(f(h))
         return f(h)
+    # A linear layer's backward needs its input, not its output, so ReLU may overwrite the
+    # output in place (also under autograd); a fresh output per layer was a third of the time.
+    if type(f) is nn.ReLU:
+        f = torch.relu_
     h = f(h)
     for layer in layers[1:-1]:
         h = f(layer(h))
@@ -80,8 +84,9 @@ def _contiguous_heads(
         weight, bias = weight * factor, bias * factor
     batch = h.shape[:-1]
     flat = h.reshape(-1, h.shape[-1])  # (M, H)
-    out = torch.baddbmm(bias, flat.expand(num, *flat.shape), weight.transpose(-1, -2))
-    return tuple(p.view(*batch, dim) for p in out.unbind(0))
+    # One product per parameter: each output is its own tensor, which callers may overwrite in
+    # place (views of one batched output may not be, under autograd).
+    return tuple(torch.addmm(bias[p, 0], flat, weight[p].T).view(*batch, dim) for p in range(num))
 
 
 class MADE(AutoRegressiveNN):

@@ -66,7 +66,15 @@ class _Autoregressive(FlowTransform):
         self.context = context
 
     def _shift_and_log_scale(self, v: Tensor) -> tuple[Tensor, Tensor]:
-        # One MADE pass: output i depends only on the inputs before i in the order.
+        shift, log_scale, _ = self._conditioner(v)
+        return shift, log_scale
+
+    def _conditioner(self, v: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        r"""One MADE pass: ``(shift, log_scale, squashed)``; output i sees only inputs before i.
+
+        ``squashed`` is :math:`\tanh(\tilde s / b)`, given (not None) only when ``shift`` and
+        ``log_scale`` are fresh tensors of their own that the caller may overwrite in place.
+        """
         bound = self.log_scale_bound
         # Our MADE divides by the bound in its last layer's weights, saving a pass over the data.
         fold = bound is not None and isinstance(self.network, (MADE, ConditionalMADE))
@@ -76,9 +84,27 @@ class _Autoregressive(FlowTransform):
         else:
             v, context = broadcast_context(v, self.context)
             shift, raw = self.network(v, context, **kwargs)
-        if fold:
-            return shift, bound * torch.tanh(raw)
-        return shift, bounded_log_scale(raw, bound)
+        if not fold:
+            return shift, bounded_log_scale(raw, bound), None
+        # raw is MADE's own output and nothing's saved input: tanh may overwrite it.
+        squashed = raw.tanh_()
+        return shift, bound * squashed, squashed
+
+    def _affine(self, v: Tensor, sum_now: bool) -> tuple[Tensor, Tensor | Deferred]:
+        r""":math:`(v\,e^{s(v)} + \mu(v), \sum_i s_i)`, overwriting the network's outputs."""
+        shift, log_scale, squashed = self._conditioner(v)
+        if squashed is None:
+            out = torch.addcmul(shift, v, log_scale.exp())
+            return out, log_scale.sum(-1) if sum_now else Deferred(lambda: log_scale.sum(-1))
+        # The sum is taken from log_scale before exp_ overwrites it, or later from squashed,
+        # which tanh's backward keeps intact. Neither exp_ nor addcmul_ destroys a value that
+        # autograd saved: mul by a number and addcmul's self need none.
+        ladj = log_scale.sum(-1) if sum_now else None
+        out = shift.addcmul_(v, log_scale.exp_())
+        if ladj is None:
+            bound = self.log_scale_bound
+            ladj = Deferred(lambda: bound * squashed.sum(-1))
+        return out, ladj
 
     def _solve(self, target: Tensor, step: callable) -> tuple[Tensor, Tensor]:
         # Pass k fixes the k-th variable in the order, so D passes give the exact solution;
@@ -131,8 +157,8 @@ class MaskedAutoregressive(_Autoregressive):
         return x, Deferred(lambda: -log_scale.sum(-1))
 
     def _inverse_and_ladj(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        shift, log_scale = self._shift_and_log_scale(x)
-        return torch.addcmul(shift, x, log_scale.exp()), -log_scale.sum(-1)
+        z, ladj = self._affine(x, sum_now=True)
+        return z, -ladj
 
     def _ladj(self, z: Tensor, x: Tensor) -> Tensor:
         return -self._shift_and_log_scale(x)[1].sum(-1)
@@ -170,9 +196,8 @@ class InverseAutoregressive(_Autoregressive):
     """
 
     def _call_and_ladj(self, z: Tensor) -> tuple[Tensor, Deferred]:
-        shift, log_scale = self._shift_and_log_scale(z)
         # Deferred: drawing samples alone never needs the sum.
-        return torch.addcmul(shift, z, log_scale.exp()), Deferred(lambda: log_scale.sum(-1))
+        return self._affine(z, sum_now=False)
 
     def _inverse_and_ladj(self, y: Tensor) -> tuple[Tensor, Tensor]:
         z, log_scale = self._solve(y, lambda y, shift, s: (y - shift) * torch.exp(-s))
