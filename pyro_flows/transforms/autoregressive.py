@@ -66,14 +66,15 @@ class _Autoregressive(FlowTransform):
         self.context = context
 
     def _shift_and_log_scale(self, v: Tensor) -> tuple[Tensor, Tensor]:
-        shift, log_scale, _ = self._conditioner(v)
-        return shift, log_scale
+        shift, log_scale, squashed = self._conditioner(v)
+        return shift, log_scale if squashed is None else self.log_scale_bound * squashed
 
-    def _conditioner(self, v: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+    def _conditioner(self, v: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
         r"""One MADE pass: ``(shift, log_scale, squashed)``; output i sees only inputs before i.
 
-        ``squashed`` is :math:`\tanh(\tilde s / b)`, given (not None) only when ``shift`` and
-        ``log_scale`` are fresh tensors of their own that the caller may overwrite in place.
+        With our MADE, ``log_scale`` is None and ``squashed`` is :math:`\tanh(\tilde s / b)`
+        (so :math:`s = b \cdot` ``squashed``): ``shift`` and ``squashed`` are then fresh tensors
+        of their own that the caller may overwrite in place. Otherwise ``squashed`` is None.
         """
         bound = self.log_scale_bound
         # Our MADE divides by the bound in its last layer's weights, saving a pass over the data.
@@ -87,8 +88,7 @@ class _Autoregressive(FlowTransform):
         if not fold:
             return shift, bounded_log_scale(raw, bound), None
         # raw is MADE's own output and nothing's saved input: tanh may overwrite it.
-        squashed = raw.tanh_()
-        return shift, bound * squashed, squashed
+        return shift, None, raw.tanh_()
 
     def _affine(self, v: Tensor, sum_now: bool) -> tuple[Tensor, Tensor | Deferred]:
         r""":math:`(v\,e^{s(v)} + \mu(v), \sum_i s_i)`, overwriting the network's outputs."""
@@ -96,15 +96,20 @@ class _Autoregressive(FlowTransform):
         if squashed is None:
             out = torch.addcmul(shift, v, log_scale.exp())
             return out, log_scale.sum(-1) if sum_now else Deferred(lambda: log_scale.sum(-1))
-        # The sum is taken from log_scale before exp_ overwrites it, or later from squashed,
-        # which tanh's backward keeps intact. Neither exp_ nor addcmul_ destroys a value that
-        # autograd saved: mul by a number and addcmul's self need none.
-        ladj = log_scale.sum(-1) if sum_now else None
-        out = shift.addcmul_(v, log_scale.exp_())
-        if ladj is None:
-            bound = self.log_scale_bound
-            ladj = Deferred(lambda: bound * squashed.sum(-1))
-        return out, ladj
+        bound = self.log_scale_bound
+        if squashed.requires_grad:
+            # tanh's backward keeps squashed, so the scale needs a tensor of its own; exp_ and
+            # addcmul_ destroy nothing autograd saved (mul by a number and addcmul's self need
+            # none). The sum is taken before exp_, or later from the intact squashed.
+            log_scale = bound * squashed
+            ladj = log_scale.sum(-1) if sum_now else Deferred(lambda: bound * squashed.sum(-1))
+            scale = log_scale.exp_()
+        else:
+            # No graph: squashed becomes the scale itself once its sum is taken.
+            total = squashed.sum(-1)
+            ladj = bound * total if sum_now else Deferred(lambda: bound * total)
+            scale = squashed.mul_(bound).exp_()
+        return shift.addcmul_(v, scale), ladj
 
     def _solve(self, target: Tensor, step: callable) -> tuple[Tensor, Tensor]:
         # Pass k fixes the k-th variable in the order, so D passes give the exact solution;
