@@ -370,7 +370,7 @@ def _data_columns(
 
 def _cmd_fit(args: argparse.Namespace) -> int:
     from .density import DensityEstimator
-    from .flows import FAMILIES, lookup_family
+    from .flows import FAMILIES, _accepts, lookup_family
 
     out = _check_out(args.out)
     name, family = lookup_family(args.flow)
@@ -411,8 +411,23 @@ def _cmd_fit(args: argparse.Namespace) -> int:
                 f"--base-components {k} needs at least {k} training rows; {table.path} "
                 f"gives {table.num_rows - num_val}"
             )
+    flow_kwargs = None
+    if args.residual:
+        if not _accepts(family.make_conditional if ctx else family.make, "residual"):
+            with_residual = sorted(n for n, f in FAMILIES.items() if _accepts(f.make, "residual"))
+            raise CLIError(
+                f"--residual is not an option of --flow {args.flow}; it is one of "
+                f"{', '.join(with_residual)}"
+            )
+        if len(set(args.hidden)) != 1 or len(args.hidden) < 2:
+            raise CLIError(
+                "--residual needs at least two hidden layers of one width (e.g. --hidden "
+                f"64,64,64,64,64), got --hidden {','.join(map(str, args.hidden))}"
+            )
+        flow_kwargs = {"residual": True}
     est = DensityEstimator(
         flow=args.flow,
+        flow_kwargs=flow_kwargs,
         num_layers=args.layers,
         hidden_dims=tuple(args.hidden),
         standardize=not args.no_standardize,
@@ -759,6 +774,12 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--layers", type=_positive_int, default=5, help="number of flow layers")
     fit.add_argument(
         "--hidden", type=_hidden, default=[64, 64], help="hidden sizes, e.g. 64,64 (default)"
+    )
+    fit.add_argument(
+        "--residual",
+        action="store_true",
+        help="residual conditioner networks (maf, iaf, affine_coupling; hidden layers of one "
+        "width, e.g. --hidden 64,64,64,64,64): each layer after the first adds to its input",
     )
     fit.add_argument("--steps", type=_positive_int, default=1000, help="Adam steps (default 1000)")
     fit.add_argument("--batch-size", type=_positive_int, default=512)

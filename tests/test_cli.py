@@ -362,6 +362,23 @@ CASES = {
         ["argument --base: invalid choice: 'student'"],
         2,
     ),
+    "residual for a family without it": (
+        lambda bad: [
+            "fit",
+            bad("t.csv", ["a", "b", "c"], good_rows()),
+            "--flow",
+            "planar",
+            "--residual",
+        ],
+        ["--residual is not an option of --flow planar; it is one of affine_coupling, iaf, maf"],
+        1,
+    ),
+    "residual with one hidden layer": (
+        # TINY's --hidden 8 comes last and wins.
+        lambda bad: ["fit", bad("t.csv", ["a", "b", "c"], good_rows()), "--residual"],
+        ["--residual needs at least two hidden layers of one width", "got --hidden 8"],
+        1,
+    ),
     "unknown flow": (
         lambda bad: ["fit", bad("t.csv", ["a", "b", "c"], good_rows()), "--flow", "naf"],
         ["argument --flow: invalid choice: 'naf'"],
@@ -446,3 +463,18 @@ def test_gmm_base_round_trips(data, tmp_path, capsys):
     np.testing.assert_allclose(read_csv(logp)[1][:, 0], est.score_samples(x), rtol=1e-9)
     assert main(["sample", str(out), "-n", "20", "--out", str(tmp_path / "s.csv")]) == 0
     assert read_csv(tmp_path / "s.csv")[1].shape == (20, 2)
+
+
+def test_residual_networks_round_trip(data, tmp_path, capsys):
+    out = tmp_path / "res.pt"
+    argv = ["fit", str(data), "--columns", "a,b", "--out", str(out), *TINY]
+    assert main([*argv, "--hidden", "8,8,8", "--residual"]) == 0
+    est = DensityEstimator.load(out)
+    assert est.get_params()["flow_kwargs"] == {"residual": True}
+    nets = [m for m in est.flow_.modules() if hasattr(m, "residual")]
+    assert nets and all(net.residual for net in nets)
+    capsys.readouterr()
+    logp = tmp_path / "logp.csv"
+    assert main(["score", str(out), str(data), "--out", str(logp)]) == 0
+    x = np.genfromtxt(data, delimiter=",", skip_header=1, usecols=(0, 1))
+    np.testing.assert_allclose(read_csv(logp)[1][:, 0], est.score_samples(x), rtol=1e-9)
