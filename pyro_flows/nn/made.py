@@ -30,7 +30,8 @@ def hidden_features(net: nn.Module, x: Tensor) -> Tensor:
     With ``net.residual`` the layers after the first add to their input, in pre-activation
     form: :math:`h \leftarrow h + W f(h) + b` (He et al., 2016).
     """
-    layers, f = net.layers, net.f
+    # A plain list: slicing an nn.ModuleList builds a new module on every call.
+    layers, f = list(net.layers._modules.values()), net.f
     h = layers[0](x)
     if getattr(net, "residual", False):
         for layer in layers[1:-1]:
@@ -75,18 +76,20 @@ def _contiguous_heads(
     num, dim = net.output_multiplier, net.input_dim
     # Rows of the last weight are [param 0 for dims 0..D-1, param 1 for dims 0..D-1, ...].
     weight = (last.weight * last.mask).view(num, dim, -1)
-    bias = last.bias.view(num, 1, dim)
-    if scales is not None:
-        if len(scales) != num:
-            raise ValueError(f"scales must have one entry per parameter ({num}), got {scales}")
-        # Scaling the (P, D, H) weights costs nothing next to scaling the (P, M, D) outputs.
-        factor = weight.new_tensor(scales).view(num, 1, 1)
-        weight, bias = weight * factor, bias * factor
+    bias = last.bias.view(num, dim)
+    if scales is None:
+        scales = (1.0,) * num
+    elif len(scales) != num:
+        raise ValueError(f"scales must have one entry per parameter ({num}), got {scales}")
     batch = h.shape[:-1]
     flat = h.reshape(-1, h.shape[-1])  # (M, H)
     # One product per parameter: each output is its own tensor, which callers may overwrite in
-    # place (views of one batched output may not be, under autograd).
-    return tuple(torch.addmm(bias[p, 0], flat, weight[p].T).view(*batch, dim) for p in range(num))
+    # place (views of one batched output may not be, under autograd). addmm's alpha and beta
+    # apply a scale inside the product, at no extra pass.
+    return tuple(
+        torch.addmm(bias[p], flat, weight[p].T, beta=a, alpha=a).view(*batch, dim)
+        for p, a in enumerate(scales)
+    )
 
 
 class MADE(AutoRegressiveNN):

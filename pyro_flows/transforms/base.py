@@ -159,13 +159,14 @@ class FlowTransform(TransformModule):
     def _call(self, x: Tensor) -> Tensor:
         check_last_dim(x, self.input_dim, "x")
         y, ladj = self._call_and_ladj(x)
-        self._saved = (x, y, ladj, _state_key(self))
+        # Straight into __dict__: nn.Module.__setattr__'s checks cost more than a small layer.
+        self.__dict__["_saved"] = (x, y, ladj, _state_key(self))
         return y
 
     def _inverse(self, y: Tensor) -> Tensor:
         check_last_dim(y, self.input_dim, "y")
         x, ladj = self._inverse_and_ladj(y)
-        self._saved = (x, y, ladj, _state_key(self))
+        self.__dict__["_saved"] = (x, y, ladj, _state_key(self))
         return x
 
     def _hit(self, index: int, value: Tensor) -> bool:
@@ -184,7 +185,7 @@ class FlowTransform(TransformModule):
         if isinstance(ladj, Deferred):
             ladj = ladj.compute()
             if torch.is_grad_enabled() == saved[3][0]:  # keep only a value of the pass's mode
-                self._saved = (saved[0], saved[1], ladj, saved[3])
+                self.__dict__["_saved"] = (saved[0], saved[1], ladj, saved[3])
         return ladj
 
     def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
