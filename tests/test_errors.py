@@ -30,6 +30,8 @@ from pyro_flows.flows import build, normalizing_flow
         (lambda: build("maf", 2, permutation="shuffle"), "unknown permutation 'shuffle'"),
         (lambda: build("planar", 2, hidden_dims=[8]), "flow 'planar' takes no hidden_dims"),
         (lambda: build("spline_coupling", 2, context_dim=2), "has no conditional variant"),
+        (lambda: build("nsf", 2, order="cubic"), "unknown order 'cubic'"),
+        (lambda: build("nsf", 2, count_bins=1), "count_bins must be an integer >= 2"),
     ],
 )
 def test_bad_hyper_parameters(call, match):

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import pyro.distributions.transforms as pyro_transforms
+from pyro.nn import AutoRegressiveNN, ConditionalAutoRegressiveNN
 from torch import Tensor, nn
 from torch.distributions.utils import _sum_rightmost
 
-from .._validation import check_positive_int
+from .._validation import check_choice, check_positive_int
 from .base import ConditionalFlowTransform, FlowTransform, broadcast_context
 
 __all__ = [
@@ -153,22 +153,55 @@ class ConditionalPyroTransform(ConditionalFlowTransform):
         )
 
 
+_SPLINE_ORDERS = ("linear", "quadratic")
+
+
+def _spline_network(
+    input_dim: int,
+    context_dim: int | None,
+    hidden_dims: Sequence[int] | None,
+    count_bins: int,
+    order: str,
+) -> nn.Module:
+    """The MADE of a Pyro spline autoregressive layer, with outputs matching ``order``.
+
+    Pyro's helpers always emit the four parameter sets of the linear-rational spline, so their
+    ``order="quadratic"`` fails to unpack (pyro-ppl/pyro#3130); the rational-quadratic spline
+    takes widths, heights and K - 1 derivatives only.
+    """
+    check_choice(order, _SPLINE_ORDERS, "order")
+    check_positive_int(count_bins, "count_bins", minimum=2)
+    hidden = [input_dim * 10, input_dim * 10] if hidden_dims is None else list(hidden_dims)
+    param_dims = [count_bins, count_bins, count_bins - 1]
+    if order == "linear":
+        param_dims.append(count_bins)
+    if context_dim is None:
+        return AutoRegressiveNN(input_dim, hidden, param_dims=param_dims)
+    return ConditionalAutoRegressiveNN(input_dim, context_dim, hidden, param_dims=param_dims)
+
+
 def masked_spline_autoregressive(
-    input_dim: int, hidden_dims: Sequence[int] | None = None, **kwargs: Any
+    input_dim: int,
+    hidden_dims: Sequence[int] | None = None,
+    count_bins: int = 8,
+    bound: float = 3.0,
+    order: str = "linear",
 ) -> PyroTransform:
     r"""A neural spline flow layer that scores data in one pass (the layout of zuko's ``NSF``).
 
     Pyro's :func:`~pyro.distributions.transforms.spline_autoregressive`, used backwards: the
     map from data :math:`x` to noise :math:`z` is
-    :math:`z_i = g_{\theta_i(x_{<i})}(x_i)`, :math:`g` a monotonic rational-quadratic spline
-    on :math:`[-B, B]` (the identity outside), so ``log_prob`` of data takes one MADE pass and
+    :math:`z_i = g_{\theta_i(x_{<i})}(x_i)`, :math:`g` a monotonic rational spline on
+    :math:`[-B, B]` (the identity outside), so ``log_prob`` of data takes one MADE pass and
     sampling takes :math:`D`, as for :class:`~pyro_flows.transforms.MaskedAutoregressive`.
 
     Arguments:
         input_dim: The event size :math:`D \ge 2`.
-        hidden_dims: Hidden layer sizes of the MADE network (Pyro's default ``[3D + 1]``).
-        kwargs: Further arguments of Pyro's helper: ``count_bins`` (8), ``bound`` :math:`B`
-            (3.0), ``order`` (``"linear"`` or ``"quadratic"``).
+        hidden_dims: Hidden layer sizes of the MADE network (Pyro's default ``[10D, 10D]``).
+        count_bins: The number of spline bins :math:`K \ge 2`.
+        bound: The half-width :math:`B` of the spline's interval.
+        order: ``"linear"`` (linear-rational, Dolatabadi et al., 2020; Pyro's default) or
+            ``"quadratic"`` (rational-quadratic, Durkan et al., 2019, as zuko's ``NSF``).
 
     Example:
         >>> t = masked_spline_autoregressive(3, hidden_dims=[16])
@@ -181,12 +214,20 @@ def masked_spline_autoregressive(
         | https://arxiv.org/abs/1906.04032
     """
     check_positive_int(input_dim, "input_dim", minimum=2)
-    layer = pyro_transforms.spline_autoregressive(input_dim, hidden_dims=hidden_dims, **kwargs)
+    net = _spline_network(input_dim, None, hidden_dims, count_bins, order)
+    layer = pyro_transforms.SplineAutoregressive(
+        input_dim, net, count_bins=count_bins, bound=bound, order=order
+    )
     return PyroTransform(layer, input_dim, inverse=True)
 
 
 def conditional_masked_spline_autoregressive(
-    input_dim: int, context_dim: int, hidden_dims: Sequence[int] | None = None, **kwargs: Any
+    input_dim: int,
+    context_dim: int,
+    hidden_dims: Sequence[int] | None = None,
+    count_bins: int = 8,
+    bound: float = 3.0,
+    order: str = "linear",
 ) -> ConditionalPyroTransform:
     """The conditional :func:`masked_spline_autoregressive`: the spline also sees a context.
 
@@ -200,7 +241,8 @@ def conditional_masked_spline_autoregressive(
     """
     check_positive_int(input_dim, "input_dim", minimum=2)
     check_positive_int(context_dim, "context_dim")
-    layer = pyro_transforms.conditional_spline_autoregressive(
-        input_dim, context_dim, hidden_dims=hidden_dims, **kwargs
+    net = _spline_network(input_dim, context_dim, hidden_dims, count_bins, order)
+    layer = pyro_transforms.ConditionalSplineAutoregressive(
+        input_dim, net, count_bins=count_bins, bound=bound, order=order
     )
     return ConditionalPyroTransform(layer, input_dim, context_dim, inverse=True)

@@ -125,6 +125,14 @@ TRANSFORMS = {
     "build_conditional_nsf": Case(
         lambda d: build("nsf", d, 2, context_dim=CONTEXT_DIM), min_dim=2, **PYRO_SPLINE
     ),
+    "build_nsf_quadratic": Case(
+        lambda d: build("nsf", d, 2, order="quadratic"), min_dim=2, **PYRO_SPLINE
+    ),
+    "build_conditional_nsf_quadratic": Case(
+        lambda d: build("nsf", d, 2, context_dim=CONTEXT_DIM, order="quadratic"),
+        min_dim=2,
+        **PYRO_SPLINE,
+    ),
     "build_naf": Case(lambda d: build("naf", d, 2), min_dim=2, invertible=False, **PYRO),
     "build_bnaf": Case(lambda d: build("bnaf", d, 2), min_dim=2, invertible=False, **PYRO),
     # residual flows: fixed-point inverse to ~1e-13; the exact log-det (the suite's reference)
