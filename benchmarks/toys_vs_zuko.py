@@ -57,8 +57,10 @@ class Ours(nn.Module):
 
     def __init__(self, family: str, dim: int) -> None:
         super().__init__()
-        # Splines on [-5, 5] as zuko's (Pyro's default is [-3, 3]); identity outside.
-        kwargs = {"count_bins": BINS, "bound": BOUND} if family == "nsf" else {}
+        # Rational-quadratic splines on [-5, 5], as zuko's (Pyro: linear-rational on [-3, 3]).
+        kwargs = (
+            {"count_bins": BINS, "bound": BOUND, "order": "quadratic"} if family == "nsf" else {}
+        )
         self.flow = normalizing_flow(family, dim, LAYERS, hidden_dims=list(HIDDEN), **kwargs)
 
     def log_prob(self, x: Tensor) -> Tensor:
