@@ -21,7 +21,7 @@ from torch import Tensor
 
 from . import transforms as T
 from ._validation import check_choice, check_hidden_dims, check_positive_int
-from .bases import GaussianMixture
+from .bases import _COVARIANCES, GaussianMixture
 from .distributions import NormalizingFlow
 from .flows import FAMILIES, build, lookup_family
 from .training import FitHistory
@@ -424,7 +424,7 @@ class DensityEstimator:
                 f"base_components={self.base_components} needs base='gmm' (the normal base "
                 "has one component)"
             )
-        check_choice(self.base_covariance, ("diag", "full"), "base_covariance")
+        check_choice(self.base_covariance, _COVARIANCES, "base_covariance")
         return name, hidden, _DTYPES[self.dtype]
 
     def _build(
