@@ -102,3 +102,77 @@ def test_mixture_base_one_pass_log_prob_equals_transformed_distribution(context_
     torch.testing.assert_close(flow.log_prob(x, c), flow(c).log_prob(x))
     assert flow.sample((4,), c).shape == ((4, 2) if c is None else (4, 5, 2))
     assert {n for n, _ in flow.named_parameters()} >= {"base.logits", "base.loc", "base.lower"}
+
+
+def _counted_networks(flow):
+    """Counts the network passes of a MAF/IAF flow (one per layer per pass)."""
+    calls = []
+    for m in flow.modules():
+        if type(m).__name__ in ("MADE", "ConditionalMADE"):
+            m.register_forward_hook(lambda *_: calls.append(1))
+    return calls
+
+
+def _perturbed(name, context_dim=None):
+    torch.manual_seed(0)
+    flow = normalizing_flow(name, 3, num_layers=3, context_dim=context_dim).double()
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return flow
+
+
+@pytest.mark.parametrize("context_dim", [None, 2])
+def test_sample_is_scored_from_the_draw_record_without_a_pass(context_dim):
+    flow = _perturbed("iaf", context_dim)
+    c = None if context_dim is None else torch.randn(5, context_dim, dtype=torch.float64)
+    x = flow.sample((5,) if c is None else (), c)
+    calls = _counted_networks(flow)
+    with torch.no_grad():  # as the draw: a no-grad record cannot answer a call that wants a graph
+        from_record = flow.log_prob(x, c)
+        assert calls == []  # no network pass: the draw's noise and log-det answer
+        recomputed = flow.log_prob(x.clone(), c)  # a fresh tensor: the D-pass inverse of an IAF
+        assert len(calls) == 3 * 3
+        torch.testing.assert_close(from_record, recomputed, rtol=0, atol=1e-10)
+        z = flow.inverse(x, c)
+        assert len(calls) == 3 * 3
+        torch.testing.assert_close(z, flow.inverse(x.clone(), c), rtol=0, atol=1e-10)
+    # No layer keeps the draw's tensors: only the flow's one record does.
+    assert all(getattr(m, "_saved", None) is None for m in flow.transform.modules())
+
+
+@torch.no_grad()
+def test_draw_record_never_answers_for_changed_parameters_data_or_context():
+    flow = _perturbed("iaf", context_dim=2)
+    c = torch.randn(4, 2, dtype=torch.float64)
+    x = flow.sample((), c)
+    calls = _counted_networks(flow)
+    other = torch.randn(4, 2, dtype=torch.float64)
+    torch.testing.assert_close(flow.log_prob(x, other), flow.log_prob(x.clone(), other))
+    assert len(calls) == 2 * 3 * 3  # another context: recomputed (twice)
+    c.add_(1.0)  # the same context tensor, changed in place
+    calls.clear()
+    flow.log_prob(x, c)
+    assert len(calls) == 3 * 3
+
+    flow = _perturbed("iaf")
+    x = flow.sample((6,))
+    next(flow.parameters()).add_(0.5)  # as an optimizer step would
+    calls = _counted_networks(flow)
+    torch.testing.assert_close(flow.log_prob(x), flow.log_prob(x.clone()))
+    assert len(calls) == 2 * 3 * 3
+    x = flow.sample((6,))
+    x.mul_(2.0)  # the draw itself, changed in place
+    calls.clear()
+    torch.testing.assert_close(flow.log_prob(x), flow.log_prob(x.clone()))
+    assert len(calls) == 2 * 3 * 3
+
+
+def test_no_grad_draw_scored_with_grad_gives_gradients():
+    flow = _perturbed("iaf")
+    x = flow.sample((6,))  # drawn without a graph
+    lp = flow.log_prob(x)  # grad mode: the record may not answer, the inverse runs
+    lp.sum().backward()
+    assert all(p.grad is not None for p in flow.parameters())
+    expected = flow(None).log_prob(x.clone())
+    torch.testing.assert_close(lp.detach(), expected.detach(), rtol=0, atol=1e-10)

