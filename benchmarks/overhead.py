@@ -159,11 +159,10 @@ def _flow_call(flow, family: str, x: Tensor, mode: str) -> Fn:
     if family == "maf":
 
         def call():
-            # A fresh tensor per call, as in training: the same tensor again would be answered
-            # from the transforms' cache and time nothing.
-            xi = x.clone()
+            # The same data tensor every call, as the bare and plain sides: NormalizingFlow
+            # answers only its own last draw from a record, never data (_check_no_cache).
             with _grad_ctx(mode):
-                lp = flow.log_prob(xi)
+                lp = flow.log_prob(x)
                 if backward:
                     lp.sum().backward()
                 return lp
@@ -293,6 +292,21 @@ def _plain_calls(flow, family: str, x: Tensor, mode: str) -> Fn:
     return plain
 
 
+def _check_no_cache(call: Fn, nets: list) -> None:
+    """Every timed flow call must run every network: no cache may answer a repeated call."""
+    runs = []
+    hooks = [net.register_forward_hook(lambda *_: runs.append(1)) for net in nets]
+    try:
+        call()
+        runs.clear()
+        call()
+    finally:
+        for h in hooks:
+            h.remove()
+    if len(runs) < len(nets):
+        raise AssertionError(f"a repeated flow call ran {len(runs)} of {len(nets)} networks")
+
+
 def _check_plain(plain: Fn, x: Tensor) -> None:
     mine, theirs = plain.reference
     with torch.no_grad():
@@ -318,6 +332,7 @@ def make_cases(args: argparse.Namespace) -> list[Pair]:
                 plain = _plain_calls(flow, family, x, mode)
                 _check_plain(plain, x)
                 fns = {"flow": _flow_call(flow, family, x, mode), "bare": bare, "plain": plain}
+                _check_no_cache(fns["flow"], nets)
                 if family == "iaf":
                     fns["bare_noise"] = bare_noise
                 t = interleaved(fns, args.rounds, args.min_run_time)

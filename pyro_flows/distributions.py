@@ -147,6 +147,13 @@ class NormalizingFlow(nn.Module):
                 return transform.inv(x)
         return z_and_ladj[0]
 
+    def clear_cache(self) -> None:
+        """Forgets the record of the last draw and the layers' caches, freeing their tensors."""
+        self.__dict__.pop("_draw", None)
+        for module in self.modules():
+            if module is not self and callable(getattr(module, "clear_cache", None)):
+                module.clear_cache()
+
     def _draw_hit(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor] | None:
         """``(z, log|det J|)`` of the last draw if it produced ``x`` (unchanged), else None."""
         draw = self.__dict__.get("_draw")

@@ -176,3 +176,17 @@ def test_no_grad_draw_scored_with_grad_gives_gradients():
     assert all(p.grad is not None for p in flow.parameters())
     expected = flow(None).log_prob(x.clone())
     torch.testing.assert_close(lp.detach(), expected.detach(), rtol=0, atol=1e-10)
+
+
+def test_clear_cache_frees_the_draw_record_and_the_layers_caches():
+    flow = _perturbed("iaf")
+    x = flow.sample((4,))
+    y = flow.rsample((4,))  # with grad: the layers' caches hold this draw
+    assert any(getattr(m, "_saved", None) is not None for m in flow.modules())
+    flow.clear_cache()
+    assert all(getattr(m, "_saved", None) is None for m in flow.modules())
+    calls = _counted_networks(flow)
+    with torch.no_grad():
+        flow.log_prob(x)
+    assert len(calls) == 3 * 3  # the record is gone: the D-pass inverse runs
+    del y
