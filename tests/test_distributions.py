@@ -190,3 +190,26 @@ def test_clear_cache_frees_the_draw_record_and_the_layers_caches():
         flow.log_prob(x)
     assert len(calls) == 3 * 3  # the record is gone: the D-pass inverse runs
     del y
+
+
+def test_iresnet_sampling_defers_its_log_det_estimate():
+    from pyro_flows.transforms.iresnet import _ResidualBlock
+
+    flow = normalizing_flow("iresnet", 2, num_layers=2).double()
+    estimates = []
+    original = _ResidualBlock._logdet
+
+    def counted(self, *args, **kwargs):
+        estimates.append(1)
+        return original(self, *args, **kwargs)
+
+    _ResidualBlock._logdet = counted
+    try:
+        x = flow.sample((5,))
+        assert estimates == []  # drawing alone never estimates the log-determinant
+        with torch.no_grad():
+            from_record = flow.log_prob(x)
+        assert len(estimates) == 2  # asked for: once per layer, from the record
+    finally:
+        _ResidualBlock._logdet = original
+    assert torch.isfinite(from_record).all()

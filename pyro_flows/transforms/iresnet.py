@@ -332,13 +332,14 @@ class _ResidualBlock(FlowTransform):
             return self._residual(y, -1.0)
         return self._solved(y, 1.0)
 
-    def _call_and_ladj(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    # The log-determinant (a series estimate) is deferred: a sampling pass never pays for it.
+    def _call_and_ladj(self, x: Tensor) -> tuple[Tensor, Deferred]:
         y, ladj = self._forward(x)
-        return y, ladj()
+        return y, Deferred(ladj)
 
-    def _inverse_and_ladj(self, y: Tensor) -> tuple[Tensor, Tensor]:
+    def _inverse_and_ladj(self, y: Tensor) -> tuple[Tensor, Deferred]:
         x, ladj = self._backward(y)
-        return x, ladj()
+        return x, Deferred(ladj)
 
     def _ladj(self, x: Tensor, y: Tensor) -> Tensor:
         # From the side where the residual map is evaluated: never a fixed-point solve.
