@@ -210,13 +210,13 @@ def _bare_calls(nets: list, x: Tensor, mode: str) -> tuple[Fn, Fn]:
 
     def bare():
         with _grad_ctx(mode):
-            total, _ = passes(xin)
+            total, kept = passes(xin)  # noqa: F841 (kept: alive until the call returns)
             if backward:
                 total.backward()
 
     def bare_noise():
         with _grad_ctx(mode):
-            total, _ = passes(torch.randn(x.shape).requires_grad_(backward))
+            total, kept = passes(torch.randn(x.shape).requires_grad_(backward))  # noqa: F841
             if backward:
                 total.backward()
 

@@ -352,14 +352,14 @@ class _ResidualBlock(FlowTransform):
 
     def _call(self, x: Tensor) -> Tensor:
         self._check(x, "x")
-        y, ladj = self._forward(x)
-        self._saved = (x, y, Deferred(ladj), _state_key(self))
+        y, ladj = self._call_and_ladj(x)
+        self._saved = (x, y, ladj, _state_key(self))
         return y
 
     def _inverse(self, y: Tensor) -> Tensor:
         self._check(y, "y")
-        x, ladj = self._backward(y)
-        self._saved = (x, y, Deferred(ladj), _state_key(self))
+        x, ladj = self._inverse_and_ladj(y)
+        self._saved = (x, y, ladj, _state_key(self))
         return x
 
     def extra_repr(self) -> str:  # noqa: D102
