@@ -16,6 +16,7 @@ See the tutorial ``docs/tutorials/variational_inference.md``.
 from .amortized import AmortizedFlowGuide
 from .compare import (
     GuideReport,
+    SkippedStepsWarning,
     add_comparison_arguments,
     compare_from_args,
     compare_guides,
@@ -47,6 +48,7 @@ __all__ = [
     "GuideReport",
     "ImportanceSamples",
     "LooResult",
+    "SkippedStepsWarning",
     "SlowGuideWarning",
     "add_comparison_arguments",
     "compare_from_args",

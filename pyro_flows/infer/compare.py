@@ -14,12 +14,14 @@ from typing import Any
 
 import pyro
 import torch
-from pyro.infer import SVI, Trace_ELBO
+from pyro import poutine
+from pyro.infer import ELBO, Trace_ELBO
 from pyro.infer.autoguide import (
     AutoIAFNormal,
     AutoMultivariateNormal,
     AutoNormal,
 )
+from pyro.infer.util import zero_grads
 from pyro.optim import ClippedAdam
 from tqdm import tqdm
 
@@ -29,6 +31,7 @@ from .guides import AutoFlowGuide
 
 __all__ = [
     "GuideReport",
+    "SkippedStepsWarning",
     "add_comparison_arguments",
     "compare_from_args",
     "compare_guides",
@@ -44,6 +47,14 @@ GuideFactory = Callable[[Callable[..., Any]], Callable[..., Any]]
 WARM_START_STEPS = 1500
 
 
+class SkippedStepsWarning(UserWarning):
+    """:func:`fit_svi` skipped steps whose loss or gradient was NaN or infinite."""
+
+
+#: Pyro's own warnings about a NaN or infinite loss, replaced by one SkippedStepsWarning.
+_PYRO_NAN_WARNING = r"Encountered (NaN|[+-]inf)"
+
+
 def fit_svi(
     model: Callable[..., Any],
     guide: Callable[..., Any],
@@ -56,55 +67,163 @@ def fit_svi(
     clip_norm: float = 10.0,
     progress: bool = False,
     step_times: list[float] | None = None,
+    elbo: ELBO | None = None,
+    max_bad_steps: int = 20,
     **kwargs: Any,
 ) -> list[float]:
-    r"""Fits ``guide`` to ``model`` with SVI, :class:`~pyro.infer.Trace_ELBO` and clipped Adam.
+    r"""Fits ``guide`` to ``model`` with SVI and clipped Adam, skipping non-finite steps.
 
     The learning rate decays geometrically from ``lr`` to ``lr * lr_decay`` over the steps.
+    Each step is Pyro's :meth:`~pyro.infer.SVI.step` (``elbo.loss_and_grads`` on the
+    parameters it touches, then the optimizer) with a check in between: if the loss or any
+    gradient is NaN or infinite (or the model or guide built a distribution from NaN
+    parameters), the update is not applied and every learning rate is halved. Parameters thus
+    stay finite. One :class:`SkippedStepsWarning` at the end counts the skipped steps; after
+    ``max_bad_steps`` bad steps in a row, or if no step was finite, a
+    :class:`FloatingPointError` names the parameters whose gradients were not finite (or says
+    the loss was not) and suggests fixes.
 
     Arguments:
         model: A Pyro model.
         guide: A guide for it (its parameters are created at the first step).
         args: The arguments of the model and the guide.
-        num_steps: The number of SVI steps.
+        num_steps: The number of SVI steps (skipped steps included).
         lr: The initial learning rate.
         lr_decay: The factor of the learning rate at the last step.
-        num_particles: The number of draws per ELBO estimate.
-        vectorize_particles: Whether to draw the particles in one vectorised pass.
+        num_particles: The number of draws per ELBO estimate (of the default ``elbo``).
+        vectorize_particles: Whether to draw the particles in one vectorised pass (idem).
         clip_norm: Gradient clipping of :class:`~pyro.optim.ClippedAdam`.
         progress: Whether to show a progress bar.
         step_times: If a list, the wall time of every step (seconds) is appended to it.
+        elbo: The objective, any :class:`~pyro.infer.ELBO`; by default
+            :class:`~pyro.infer.Trace_ELBO` with ``num_particles`` and
+            ``vectorize_particles`` (which are then ignored).
+        max_bad_steps: The number of consecutive non-finite steps that stops the fit.
         kwargs: The keyword arguments of the model and the guide.
 
     Returns:
-        The loss (the negative ELBO estimate) at every step.
+        The loss (the negative ELBO estimate) at every step; NaN or infinite at skipped steps.
 
     Raises:
-        FloatingPointError: If a loss is NaN or infinite.
+        FloatingPointError: After ``max_bad_steps`` consecutive non-finite steps, or if every
+            step was non-finite.
+
+    Example:
+        >>> import pyro.distributions as dist
+        >>> from pyro.infer.autoguide import AutoNormal
+        >>> def model():
+        ...     pyro.sample("x", dist.Normal(3.0, 0.5))
+        >>> pyro.clear_param_store()
+        >>> losses = fit_svi(model, AutoNormal(model), num_steps=300, lr=0.05)
+        >>> len(losses), round(pyro.param("AutoNormal.locs.x").item())
+        (300, 3)
     """
     check_positive_int(num_steps, "num_steps")
     check_positive_int(num_particles, "num_particles")
+    check_positive_int(max_bad_steps, "max_bad_steps")
     if not (0 < lr_decay <= 1):
         raise ValueError(f"lr_decay must be in (0, 1], got {lr_decay!r}")
+    if elbo is None:
+        elbo = Trace_ELBO(
+            num_particles=num_particles,
+            vectorize_particles=vectorize_particles and num_particles > 1,
+        )
+    elif not isinstance(elbo, ELBO):
+        raise TypeError(f"elbo must be a pyro.infer.ELBO, got {type(elbo).__name__}")
     optim = ClippedAdam({"lr": lr, "lrd": lr_decay ** (1 / num_steps), "clip_norm": clip_norm})
-    elbo = Trace_ELBO(
-        num_particles=num_particles,
-        vectorize_particles=vectorize_particles and num_particles > 1,
-    )
-    svi = SVI(model, guide, optim, elbo)
-    losses = []
+    losses: list[float] = []
+    bad: list[int] = []  # the skipped steps (1-based)
+    streak = 0
     bar = tqdm(range(num_steps), disable=not progress, desc="svi", dynamic_ncols=True)
     for step in bar:
         t0 = time.perf_counter()
-        loss = svi.step(*args, **kwargs)
+        loss, params, error = _loss_and_grads(elbo, model, guide, args, kwargs)
+        finite = error is None and math.isfinite(loss) and _grads_finite(params)
+        if finite:
+            optim(params)
+            streak = 0
+        else:
+            bad.append(step + 1)
+            streak += 1
+            _scale_lr(optim, 0.5)
+        zero_grads(params)
         if step_times is not None:
             step_times.append(time.perf_counter() - t0)
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"SVI loss is {loss} at step {step + 1}; lower lr")
         losses.append(loss)
+        if not finite and (streak >= max_bad_steps or len(bad) == num_steps):
+            raise FloatingPointError(_diagnose(bad, streak, loss, params, error)) from error
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss:.3f}")
+    if bad:
+        first = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
+        warnings.warn(
+            f"fit_svi skipped {len(bad)} of {num_steps} steps with a non-finite loss or "
+            f"gradient (steps {first}); the learning rate was halved at each, to "
+            f"{0.5 ** len(bad):.3g} x its schedule",
+            SkippedStepsWarning,
+            stacklevel=2,
+        )
     return losses
+
+
+def _loss_and_grads(
+    elbo: ELBO, model: Callable, guide: Callable, args: tuple, kwargs: dict
+) -> tuple[float, set[torch.Tensor], ValueError | None]:
+    """One ``elbo.loss_and_grads`` with the unconstrained parameters it touched, as SVI.step."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_PYRO_NAN_WARNING, category=UserWarning)
+        with poutine.trace(param_only=True) as capture:
+            try:
+                loss = elbo.loss_and_grads(model, guide, *args, **kwargs)
+            except ValueError as err:
+                # a distribution's argument check found NaN parameters: a non-finite step
+                if "invalid values" not in str(err):
+                    raise
+                loss, error = math.nan, err
+            else:
+                error = None
+    params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
+    return float(loss), params, error
+
+
+def _grads_finite(params: set[torch.Tensor]) -> bool:
+    checks = [torch.isfinite(p.grad).all() for p in params if p.grad is not None]
+    return not checks or bool(torch.stack(checks).all())
+
+
+def _scale_lr(optim: ClippedAdam, factor: float) -> None:
+    """Scales the learning rate of every parameter's optimizer, and of those still to come."""
+    optim.pt_optim_args["lr"] *= factor
+    for optimizer in optim.optim_objs.values():
+        for group in optimizer.param_groups:
+            group["lr"] *= factor
+
+
+def _diagnose(
+    bad: list[int], streak: int, loss: float, params: set[torch.Tensor], error: Exception | None
+) -> str:
+    store = pyro.get_param_store()
+    names = sorted(
+        store.param_name(p)
+        for p in params
+        if p.grad is not None and not bool(torch.isfinite(p.grad).all())
+    )
+    first = bad[-streak]
+    head = f"SVI had {streak} non-finite steps in a row, from step {first} to step {bad[-1]}: "
+    if error is not None:
+        what = f"a distribution got invalid (NaN) parameters ({str(error).splitlines()[0]})"
+    elif not math.isfinite(loss):
+        what = f"the loss was {loss}"
+    else:
+        what = "the loss was finite"
+    if names:
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        what += f"; non-finite gradients of {shown}"
+    return (
+        f"{head}{what}. Lower lr, start from a fitted Gaussian (AutoFlowGuide(..., warm_start="
+        "1000) or init_from), or use a smaller init_scale; check the model for values that "
+        "overflow (exp of large numbers, scales that reach zero)"
+    )
 
 
 @dataclass
