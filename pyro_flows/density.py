@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import inspect
+import io
 import json
 import math
 import os
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -23,9 +26,10 @@ from . import transforms as T
 from ._validation import check_choice, check_hidden_dims, check_positive_int
 from .bases import _COVARIANCES, GaussianMixture
 from .distributions import NormalizingFlow
-from .flows import FAMILIES, build, lookup_family
+from .flows import FAMILIES, _accepts, build, lookup_family
 from .training import FitHistory
 from .training import fit as fit_model
+from .transforms.standardization import Standardization, _check_loc_scale
 
 __all__ = [
     "FORMAT_VERSION",
@@ -45,6 +49,8 @@ _BASES = ("normal", "gmm")
 _FORMAT = "pyro_flows.density.DensityEstimator"
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _CHUNK = 8192
+#: The hidden sizes of families with networks when ``hidden_dims`` is None.
+_DEFAULT_HIDDEN = (64, 64)
 
 
 class ModelFileError(ValueError):
@@ -52,64 +58,6 @@ class ModelFileError(ValueError):
 
 
 # -- transforms -------------------------------------------------------------------------------
-
-
-def _check_loc_scale(loc: Tensor, scale: Tensor, what: str) -> None:
-    if loc.dim() != 1 or loc.shape != scale.shape or loc.numel() == 0:
-        raise ValueError(
-            f"{what}: loc and scale must be 1-D of one length, got shapes "
-            f"{tuple(loc.shape)} and {tuple(scale.shape)}"
-        )
-    if not bool(torch.isfinite(loc).all() & torch.isfinite(scale).all()):
-        raise ValueError(f"{what}: loc and scale must be finite")
-    if not bool((scale > 0).all()):
-        raise ValueError(f"{what}: every scale must be > 0, got {scale.tolist()}")
-
-
-class Standardization(T.FlowTransform):
-    r"""The affine map from standardised to original units, placed last in a flow.
-
-    .. math:: y = \mu + \sigma \odot x, \qquad
-              \log\left|\det \frac{\partial y}{\partial x}\right| = \sum_i \log \sigma_i
-
-    With :math:`\mu` and :math:`\sigma` the column means and standard deviations of the
-    training data, the layers before it work on standardised values while the density, through
-    this log-determinant, is in the data's own units. Both are buffers: they are saved in the
-    ``state_dict`` and never trained.
-
-    Arguments:
-        loc: The shift :math:`\mu`, shape ``(D,)``.
-        scale: The positive scales :math:`\sigma`, shape ``(D,)``.
-
-    Example:
-        >>> t = Standardization(torch.tensor([10.0, -1.0]), torch.tensor([2.0, 0.5]))
-        >>> t(torch.tensor([1.0, 2.0]))
-        tensor([12.,  0.])
-        >>> t.log_abs_det_jacobian(torch.zeros(2), t(torch.zeros(2)))
-        tensor(0.)
-    """
-
-    def __init__(self, loc: Tensor, scale: Tensor, cache_size: int = 1) -> None:
-        loc = torch.as_tensor(loc)
-        if not loc.is_floating_point():
-            loc = loc.to(torch.get_default_dtype())
-        scale = torch.as_tensor(scale, dtype=loc.dtype)
-        _check_loc_scale(loc, scale, "Standardization")
-        super().__init__(loc.numel(), cache_size=cache_size)
-        self.register_buffer("loc", loc.clone())
-        self.register_buffer("scale", scale.clone())
-
-    def _ladj_of(self, v: Tensor) -> Tensor:
-        return self.scale.log().sum().expand(v.shape[:-1])
-
-    def _call_and_ladj(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return self.loc + self.scale * x, self._ladj_of(x)
-
-    def _inverse_and_ladj(self, y: Tensor) -> tuple[Tensor, Tensor]:
-        return (y - self.loc) / self.scale, self._ladj_of(y)
-
-    def _ladj(self, x: Tensor, y: Tensor) -> Tensor:
-        return self._ladj_of(x)
 
 
 class ContextStandardization(ConditionalTransformModule):
@@ -161,6 +109,10 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -
     error (or interrupt) the temporary file is removed and ``path`` is untouched.
     """
     path = Path(path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(
+            errno.ENOENT, f"the directory {str(path.parent)!r} does not exist", str(path)
+        )
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -223,6 +175,73 @@ def _as_table(x: Any, name: str) -> tuple[np.ndarray, list[str] | None]:
 
 def _describe(names: list[str] | None, j: int) -> str:
     return repr(names[j]) if names is not None else str(j)
+
+
+def _match_columns(
+    x: np.ndarray, given: list[str] | None, fitted: list[str] | None, name: str, attr: str
+) -> np.ndarray:
+    """Returns the columns of ``x`` in the order of ``fitted``, matched by name.
+
+    Names are matched only when both ``x`` (a DataFrame) and the model have them; otherwise the
+    columns are taken by position. A fitted name missing from ``x``, or a name of ``x`` the
+    model was not fitted on, is refused (the messages follow the command line's).
+    """
+    if given is None or fitted is None:
+        return x
+    for n in set(given):
+        if given.count(n) > 1:
+            raise ValueError(f"{name}: has several columns named {n!r}")
+    for n in fitted:
+        if n not in given:
+            raise ValueError(
+                f"{name}: has no column {n!r} (the model's {attr}); its columns are: "
+                f"{', '.join(given)}"
+            )
+    for n in given:
+        if n not in fitted:
+            raise ValueError(
+                f"{name}: has a column {n!r} that the model was not fitted on (its {attr}: "
+                f"{', '.join(fitted)}); drop it"
+            )
+    return x[:, [given.index(n) for n in fitted]]
+
+
+def _check_scale(
+    mean: np.ndarray, scale: np.ndarray, x: np.ndarray, name: str, names: list[str] | None
+) -> None:
+    """Refuses columns whose mean or standard deviation overflows, naming the column."""
+    bad = ~(np.isfinite(mean) & np.isfinite(scale))
+    if bad.any():
+        j = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"{name} column {_describe(names, j)} is too large to standardise (values up to "
+            f"{np.abs(x[:, j]).max():.3g}; its standard deviation overflows): rescale it"
+        )
+
+
+#: A column with at most this many distinct values, all integers, each repeated on average at
+#: least twice, looks discrete.
+_DISCRETE_MAX_VALUES = 10
+
+
+def _warn_discrete(x: np.ndarray, name: str, names: list[str] | None) -> None:
+    """Warns about columns that look discrete: a density of them is not meaningful."""
+    for j in range(x.shape[1]):
+        col = x[:, j]
+        if not np.array_equal(col, np.round(col)):
+            continue
+        values = np.unique(col)
+        if values.size > _DISCRETE_MAX_VALUES or 2 * values.size > col.size:
+            continue
+        shown = ", ".join(f"{v:g}" for v in values[:5]) + (", ..." if values.size > 5 else "")
+        warnings.warn(
+            f"{name} column {_describe(names, j)} holds only {values.size} distinct integer "
+            f"values ({shown}): it looks discrete, and a continuous density on it grows without "
+            "bound at those values; dequantize it (add uniform noise in [0, 1) to each value), "
+            "or use it as context",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _check_finite_columns(x: np.ndarray, name: str, names: list[str] | None) -> None:
@@ -290,7 +309,9 @@ class DensityEstimator:
             ``"affine_coupling"``/``"realnvp"``, ``"spline_coupling"``/``"nsf"``,
             ``"spline_autoregressive"``, ``"spline"``, ``"planar"``, ``"radial"``, ...).
         num_layers: The number of flow layers.
-        hidden_dims: The hidden sizes of each layer's network.
+        hidden_dims: The hidden sizes of each layer's network, or None for the family's
+            default: ``(64, 64)`` where the layers have networks, nothing for the layers that
+            have none (``"spline"``, ``"planar"``, ``"radial"``, which refuse ``hidden_dims``).
         standardize: Whether to standardise the columns (and the context) inside the model.
         num_steps: The number of Adam steps.
         batch_size: The minibatch size.
@@ -335,7 +356,7 @@ class DensityEstimator:
         self,
         flow: str = "maf",
         num_layers: int = 5,
-        hidden_dims: Sequence[int] = (64, 64),
+        hidden_dims: Sequence[int] | None = None,
         standardize: bool = True,
         num_steps: int = 1000,
         batch_size: int = 512,
@@ -395,7 +416,7 @@ class DensityEstimator:
         return f"{type(self).__name__}({', '.join(shown)})"
 
     # -- building -----------------------------------------------------------------------------
-    def _check_params(self) -> tuple[str, list[int], torch.dtype]:
+    def _check_params(self) -> tuple[str, list[int] | None, torch.dtype]:
         name, family = lookup_family(self.flow)
         if not family.invertible:
             scorable = sorted(k for k, f in FAMILIES.items() if f.invertible)
@@ -404,7 +425,11 @@ class DensityEstimator:
                 f"use one of {scorable}"
             )
         check_positive_int(self.num_layers, "num_layers")
-        hidden = check_hidden_dims(list(self.hidden_dims), "hidden_dims")
+        hidden = (
+            None
+            if self.hidden_dims is None
+            else check_hidden_dims(list(self.hidden_dims), "hidden_dims")
+        )
         check_choice(self.dtype, tuple(_DTYPES), "dtype")
         if not isinstance(self.standardize, bool):
             raise TypeError(f"standardize must be True or False, got {self.standardize!r}")
@@ -449,6 +474,16 @@ class DensityEstimator:
                 f"flow {self.flow!r} has no conditional variant, so it cannot take a context; "
                 f"use one of {conditional}"
             )
+        make = family.make if context_dim is None else family.make_conditional
+        if not _accepts(make, "hidden_dims"):
+            if hidden is not None:
+                kind = "" if context_dim is None else "conditional "
+                raise ValueError(
+                    f"{kind}flow {self.flow!r} has no hidden layers, so it takes no hidden_dims "
+                    f"(got {hidden}); leave hidden_dims=None"
+                )
+        elif hidden is None:
+            hidden = list(_DEFAULT_HIDDEN)
         core = build(
             name,
             input_dim,
@@ -468,7 +503,9 @@ class DensityEstimator:
         base = None
         if self.base == "gmm":
             base = GaussianMixture(input_dim, self.base_components, self.base_covariance)
-        return NormalizingFlow(core, input_dim, context_dim=context_dim, base=base).to(dtype)
+        return NormalizingFlow(
+            core, input_dim, context_dim=context_dim, base=base, standardize=False
+        ).to(dtype)
 
     # -- fitting ------------------------------------------------------------------------------
     @staticmethod
@@ -543,10 +580,12 @@ class DensityEstimator:
         if x.shape[0] < 2:
             raise ValueError(f"too few rows to fit: X has {x.shape[0]} row(s), need >= 2")
         _check_not_constant(x, "X", names, "")
+        _warn_discrete(x, "X", names)
 
         if val_X is not None:
             xt, ct = x, c
             xv, vnames = _as_table(val_X, "val_X")
+            xv = _match_columns(xv, vnames, names if vnames else None, "val_X", "X columns")
             _check_finite_columns(xv, "val_X", names)
             if xv.shape[1] != x.shape[1]:
                 raise ValueError(f"val_X must have {x.shape[1]} columns, got {xv.shape[1]}")
@@ -592,9 +631,13 @@ class DensityEstimator:
         mean = scale = cmean = cscale = None
         if self.standardize:
             _check_not_constant(xt, "X", names, " on the training rows")
-            mean, scale = xt.mean(0), xt.std(0)
+            with np.errstate(over="ignore", invalid="ignore"):
+                mean, scale = xt.mean(0), xt.std(0)
+            _check_scale(mean, scale, xt, "X", names)
             if c is not None:
-                cmean, cscale = ct.mean(0), ct.std(0)
+                with np.errstate(over="ignore", invalid="ignore"):
+                    cmean, cscale = ct.mean(0), ct.std(0)
+                _check_scale(cmean, cscale, ct, "context", cnames)
                 cscale = np.where(cscale > 0, cscale, 1.0)  # a constant context is harmless
 
         with _seeded(self.seed):
@@ -639,10 +682,17 @@ class DensityEstimator:
                 f"this {type(self).__name__} is not fitted yet: call fit(X) or load(path) first"
             )
 
+    def _fitted_names(self, context: bool = False) -> list[str] | None:
+        """The names to match a DataFrame's columns to: None when they stand for positions."""
+        if self.info_.get("header") is False:  # a headerless file: names are positions
+            return None
+        return self.context_names_in_ if context else self.feature_names_in_
+
     def _inputs(self, X: Any, context: Any) -> tuple[Tensor, Tensor | None]:
         self._check_fitted()
         dtype = next(iter(self.flow_.buffers())).dtype
-        x, _ = _as_table(X, "X")
+        x, given = _as_table(X, "X")
+        x = _match_columns(x, given, self._fitted_names(), "X", "feature_names_in_")
         if x.shape[1] != self.n_features_in_:
             raise ValueError(
                 f"X has {x.shape[1]} columns, but the model was fitted on {self.n_features_in_}"
@@ -661,7 +711,15 @@ class DensityEstimator:
             raise ValueError(
                 f"the model is conditional: pass a context with {self.context_dim_} columns"
             )
-        c = np.asarray(context.detach().cpu() if isinstance(context, Tensor) else context)
+        if getattr(context, "columns", None) is not None and not isinstance(
+            context, np.ndarray | Tensor
+        ):
+            c, given = _as_table(context, "context")
+            c = _match_columns(
+                c, given, self._fitted_names(context=True), "context", "context_names_in_"
+            )
+        else:
+            c = np.asarray(context.detach().cpu() if isinstance(context, Tensor) else context)
         if c.ndim == 1:  # one context for every row
             if c.shape[0] != self.context_dim_:
                 raise ValueError(
@@ -737,7 +795,8 @@ class DensityEstimator:
             return None if a is None else [float(v) for v in a]
 
         params = self.get_params()
-        params["hidden_dims"] = list(params["hidden_dims"])
+        if params["hidden_dims"] is not None:
+            params["hidden_dims"] = list(params["hidden_dims"])
         return {
             "library_version": __version__,
             "torch_version": torch.__version__,
@@ -766,16 +825,45 @@ class DensityEstimator:
         temporary file that is then renamed, so ``path`` never holds a partial model.
         """
         self._check_fitted()
+        payload = self._payload()
+        _atomic_write(path, lambda f: torch.save(payload, f))
+
+    def _payload(self) -> dict[str, Any]:
+        """The contents of a model file: format header, metadata, tensors and checksum."""
         meta = json.dumps(self._meta(), sort_keys=True)
         state = {k: v.detach().cpu().clone() for k, v in self.flow_.state_dict().items()}
-        payload = {
+        return {
             "format": _FORMAT,
             "format_version": FORMAT_VERSION,
             "meta": meta,
             "state_dict": state,
             "sha256": _digest(meta, state),
         }
-        _atomic_write(path, lambda f: torch.save(payload, f))
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickles a fitted estimator as its model file's bytes (the flow's caches are left out).
+
+        A fitted flow may hold closures in its layers' caches, which ``pickle`` cannot write;
+        the model file holds everything needed to rebuild it, identically.
+        """
+        state = {k: v for k, v in self.__dict__.items() if k in self._param_names()}
+        if hasattr(self, "flow_"):
+            buffer = io.BytesIO()
+            torch.save(self._payload(), buffer)
+            state["_model_file"] = buffer.getvalue()
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Rebuilds an estimator pickled by :meth:`__getstate__`."""
+        state = dict(state)
+        model_file = state.pop("_model_file", None)
+        self.__dict__.update(state)
+        if model_file is not None:
+            payload = torch.load(io.BytesIO(model_file), map_location="cpu", weights_only=True)
+            fitted = type(self)._from_payload(payload, "pickled DensityEstimator")
+            self.__dict__.update(
+                {k: v for k, v in fitted.__dict__.items() if k not in self._param_names()}
+            )
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> DensityEstimator:
@@ -787,8 +875,6 @@ class DensityEstimator:
                 does not match), or was written in another format version; the message says
                 which.
         """
-        from . import __version__
-
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"{path}: no such file")
@@ -806,6 +892,13 @@ class DensityEstimator:
                 f"{path}: not a pyro_flows model file (a torch file without the "
                 "DensityEstimator header; was it written by DensityEstimator.save?)"
             )
+        return cls._from_payload(payload, str(path))
+
+    @classmethod
+    def _from_payload(cls, payload: dict[str, Any], path: str) -> DensityEstimator:
+        """Checks and rebuilds a model file's contents; ``path`` names it in messages."""
+        from . import __version__
+
         version = payload.get("format_version")
         if version not in _READABLE_VERSIONS:
             written_by = "an unknown version"

@@ -348,3 +348,121 @@ def test_base_errors(kwargs, match):
     x = np.random.default_rng(0).normal(size=(50, 2))
     with pytest.raises(ValueError, match=match):
         DensityEstimator(num_layers=1, hidden_dims=(4,), num_steps=1, **kwargs).fit(x)
+
+
+# -- tables as users pass them: DataFrames, pickles, one column, bad scales --------------------
+
+
+@pytest.fixture(scope="module")
+def frame_model():
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(3)
+    df = pd.DataFrame(
+        {
+            "a": rng.normal(100.0, 10.0, 400),
+            "b": rng.normal(0.0, 0.1, 400),
+            "c": rng.normal(size=400),
+        }
+    )
+    est = DensityEstimator(num_layers=1, hidden_dims=(8,), num_steps=60, lr=1e-2, seed=0)
+    return df, est.fit(df[["a", "b"]], df[["c"]])
+
+
+def test_dataframe_columns_are_matched_by_name(frame_model):
+    df, est = frame_model
+    expected = est.score_samples(df[["a", "b"]], df[["c"]])
+    # Reordered columns score the same rows, not other ones (by position this is ~ -2e8).
+    np.testing.assert_array_equal(est.score_samples(df[["b", "a"]], df[["c"]]), expected)
+    np.testing.assert_array_equal(est.log_prob(df[["b", "a"]], df[["c"]]).detach(), expected)
+    assert est.score(df[["b", "a"]], df[["c"]]) == pytest.approx(expected.mean())
+    # A plain array is still taken by position.
+    np.testing.assert_array_equal(
+        est.score_samples(df[["a", "b"]].to_numpy(), df[["c"]]), expected
+    )
+
+
+@pytest.mark.parametrize(
+    "columns, match",
+    [
+        (
+            {"a": "x"},
+            r"X: has no column 'a' \(the model's feature_names_in_\); its columns are: x, b",
+        ),
+        ({"b": "c"}, r"X: has no column 'b'"),
+    ],
+)
+def test_dataframe_with_renamed_columns_is_refused(frame_model, columns, match):
+    df, est = frame_model
+    with pytest.raises(ValueError, match=match):
+        est.score_samples(df[["a", "b"]].rename(columns=columns), df[["c"]])
+
+
+def test_dataframe_with_unknown_or_missing_context_is_refused(frame_model):
+    df, est = frame_model
+    with pytest.raises(ValueError, match="X: has a column 'c' that the model was not fitted on"):
+        est.score_samples(df[["a", "b", "c"]], df[["c"]])
+    with pytest.raises(ValueError, match="context: has no column 'c'"):
+        est.score_samples(df[["a", "b"]], df[["a"]])
+
+
+def test_pickle_and_clone_of_a_fitted_estimator(fitted):
+    sklearn_base = pytest.importorskip("sklearn.base")
+    import pickle
+
+    x = gaussian(MU, COV, 50, 9)
+    fitted.sample(5, seed=0)  # fills the layers' caches, which hold closures
+    fitted.score_samples(x)
+    copy = pickle.loads(pickle.dumps(fitted))
+    np.testing.assert_array_equal(copy.score_samples(x), fitted.score_samples(x))
+    np.testing.assert_array_equal(copy.sample(7, seed=1), fitted.sample(7, seed=1))
+    assert copy.get_params() == fitted.get_params()
+    assert copy.feature_names_in_ == ["a", "b"] and copy.history_ == fitted.history_
+    unfitted = pickle.loads(pickle.dumps(DensityEstimator(num_layers=2)))
+    assert unfitted.num_layers == 2 and not hasattr(unfitted, "flow_")
+    clone = sklearn_base.clone(copy)
+    assert clone.get_params() == fitted.get_params() and not hasattr(clone, "flow_")
+
+
+@pytest.mark.parametrize("flow", ["spline", "planar", "radial"])
+def test_one_column_fits_at_the_default_hidden_dims(flow):
+    x = np.random.default_rng(4).normal(5.0, 2.0, size=(200, 1))
+    est = DensityEstimator(flow, num_layers=1, num_steps=5, seed=0).fit(x)
+    assert est.get_params()["hidden_dims"] is None
+    assert np.isfinite(est.score_samples(x)).all()
+
+
+def test_one_column_given_a_context_fits_at_the_defaults(tmp_path):
+    rng = np.random.default_rng(5)
+    c = rng.normal(size=(300, 2))
+    x = c[:, :1] + 0.1 * rng.normal(size=(300, 1))
+    est = DensityEstimator("spline", num_layers=1, num_steps=5, seed=0).fit(x, c)
+    assert est.score_samples(x, c).shape == (300,)
+    est.save(tmp_path / "m.pt")
+    again = DensityEstimator.load(tmp_path / "m.pt")
+    np.testing.assert_array_equal(again.score_samples(x, c), est.score_samples(x, c))
+
+
+def test_hidden_dims_refused_by_a_family_without_networks():
+    x = np.random.default_rng(4).normal(size=(50, 1))
+    with pytest.raises(ValueError, match=r"'spline' has no hidden layers.*hidden_dims=None"):
+        DensityEstimator("spline", hidden_dims=(8,), num_steps=1).fit(x)
+
+
+def test_a_column_too_large_to_standardise_is_named():
+    x = np.random.default_rng(6).normal(size=(50, 2))
+    x[:, 1] *= 1e300
+    with pytest.raises(ValueError, match=r"X column 1 is too large to standardise.*rescale"):
+        DensityEstimator(num_steps=1, val_fraction=0).fit(x)
+
+
+def test_a_discrete_looking_column_warns():
+    rng = np.random.default_rng(7)
+    x = np.c_[rng.normal(size=200), rng.integers(0, 3, size=200)]
+    with pytest.warns(UserWarning, match=r"X column 1 holds only 3 distinct integer values"):
+        DensityEstimator(num_layers=1, hidden_dims=(4,), num_steps=1).fit(x)
+
+
+def test_save_into_a_missing_directory_names_it(fitted, tmp_path):
+    with pytest.raises(FileNotFoundError, match="the directory .*nope.* does not exist") as e:
+        fitted.save(tmp_path / "nope" / "m.pt")
+    assert e.value.filename == str(tmp_path / "nope" / "m.pt")
