@@ -20,12 +20,15 @@ import argparse
 import csv
 import io
 import math
+import os
 import sys
 import time
+import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 import numpy as np
 
@@ -126,41 +129,60 @@ def _read_csv(path: Path, header: str, delimiter: str) -> Table:
     return Table(str(path), names, has_header, columns, lines)
 
 
-def _read_array(path: Path, key: str | None) -> Table:
+_NPY_MAGIC, _ZIP_MAGIC = b"\x93NUMPY", b"PK\x03\x04"
+
+
+def _unreadable(path: Path | str, e: BaseException) -> CLIError:
+    reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+    return CLIError(f"{path}: not a readable numpy file, or a corrupt one ({reason})")
+
+
+def _load_array(f: IO[bytes], path: Path, key: str | None) -> tuple[np.ndarray, str]:
+    """Reads the array of an open ``.npy``/``.npz`` file; returns it and its name for messages."""
+    magic = f.read(6)
+    f.seek(0)
+    if not (magic.startswith(_NPY_MAGIC) or magic.startswith(_ZIP_MAGIC)):
+        what = ".npy" if path.suffix.lower() == ".npy" else ".npz (zip)"
+        raise CLIError(f"{path}: not a numpy file (it does not start with the {what} signature)")
     try:
-        loaded = np.load(path, allow_pickle=False)
+        loaded = np.load(f, allow_pickle=False)
     except ValueError as e:
         if "allow_pickle" in str(e):
             raise CLIError(f"{path}: holds Python objects, not a numeric array") from None
-        raise CLIError(f"{path}: not a readable numpy file ({e})") from None
-    except (OSError, EOFError) as e:
-        raise CLIError(f"{path}: not a readable numpy file ({e})") from None
-    if isinstance(loaded, np.lib.npyio.NpzFile):
-        with loaded:
-            keys = list(loaded.keys())
-            if not keys:
-                raise CLIError(f"{path}: the .npz file holds no arrays")
-            if key is None:
-                if len(keys) > 1:
-                    raise CLIError(
-                        f"{path}: holds several arrays ({', '.join(keys)}); choose one with --key"
-                    )
-                key = keys[0]
-            if key not in keys:
-                raise CLIError(
-                    f"{path}: has no array {key!r} (--key); its arrays are: {', '.join(keys)}"
-                )
-            try:
-                arr = loaded[key]
-            except ValueError:
-                raise CLIError(
-                    f"{path}: array {key!r} holds Python objects, not numbers"
-                ) from None
-        where = f"{path}[{key}]"
-    else:
+        raise _unreadable(path, e) from None
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
+        raise _unreadable(path, e) from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
         if key is not None:
             raise CLIError(f"--key {key!r} applies to .npz files only, not {path}")
-        arr, where = loaded, str(path)
+        return loaded, str(path)
+    with loaded:
+        keys = list(loaded.keys())
+        if not keys:
+            raise CLIError(f"{path}: the .npz file holds no arrays")
+        if key is None:
+            if len(keys) > 1:
+                raise CLIError(
+                    f"{path}: holds several arrays ({', '.join(keys)}); choose one with --key"
+                )
+            key = keys[0]
+        if key not in keys:
+            raise CLIError(
+                f"{path}: has no array {key!r} (--key); its arrays are: {', '.join(keys)}"
+            )
+        try:
+            return loaded[key], f"{path}[{key}]"
+        except ValueError as e:
+            if "allow_pickle" not in str(e):
+                raise _unreadable(f"{path}[{key}]", e) from None
+            raise CLIError(f"{path}: array {key!r} holds Python objects, not numbers") from None
+        except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+            raise _unreadable(f"{path}[{key}]", e) from None
+
+
+def _read_array(path: Path, key: str | None) -> Table:
+    with open(path, "rb") as f:
+        arr, where = _load_array(f, path, key)
     if arr.dtype.kind not in "biuf":
         raise CLIError(f"{where}: holds {arr.dtype} values, not real numbers")
     if arr.ndim == 1:
@@ -274,9 +296,34 @@ def _check_constant(table: Table, values: np.ndarray, cols: list[int], option: s
 # -- writing outputs --------------------------------------------------------------------------
 
 
-def _check_out(path: str, option: str = "--out", suffixes: Sequence[str] | None = None) -> Path:
-    """Checks, before any work, that ``path`` can be written; returns it as a Path."""
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name one file (after resolving links, hard links included)."""
+    try:
+        if a.resolve() == b.resolve():
+            return True
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _check_out(
+    path: str,
+    option: str = "--out",
+    suffixes: Sequence[str] | None = None,
+    inputs: Sequence[tuple[str | None, str]] = (),
+) -> Path:
+    """Checks, before any work, that ``path`` can be written; returns it as a Path.
+
+    ``inputs`` holds the command's input files as ``(path or None, what)``: writing over one of
+    them would destroy it, so that is refused.
+    """
     p = Path(path)
+    for source, what in inputs:
+        if source is not None and _same_file(p, Path(source)):
+            raise CLIError(
+                f"{option} {path}: is the input file {source} ({what}); writing there would "
+                "destroy it: choose another output path"
+            )
     if suffixes is not None and p.suffix.lower() not in suffixes:
         raise CLIError(
             f"{option} {path}: unsupported file type {p.suffix or '(none)'!r}; use one of "
@@ -372,22 +419,24 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     from .density import DensityEstimator
     from .flows import FAMILIES, _accepts, lookup_family
 
-    out = _check_out(args.out)
-    name, family = lookup_family(args.flow)
+    out = _check_out(args.out, inputs=[(args.data, "DATA")])
     table = read_table(args.data, key=args.key, header=args.header, delimiter=args.delimiter)
     cols, ctx = _data_columns(table, args.columns, args.context)
+    flow = args.flow or ("maf" if len(cols) >= 2 else "spline")
+    name, family = lookup_family(flow)
     x = _numeric(table, cols)
     c = None if ctx is None else _numeric(table, ctx)
     _check_constant(table, x, cols, "--columns")
     if len(cols) < family.min_dim:
         raise CLIError(
-            f"--flow {args.flow} needs at least {family.min_dim} data columns; {table.path} "
-            f"gives {len(cols)} (--columns); for one column use --flow spline"
+            f"--flow {flow} needs at least {family.min_dim} data columns; {table.path} "
+            f"gives {len(cols)} (--columns); for one column use --flow spline (the default "
+            "for one column), planar or radial"
         )
     if ctx is not None and family.make_conditional is None:
         ok = sorted(k for k, f in FAMILIES.items() if f.make_conditional and f.invertible)
         raise CLIError(
-            f"--flow {args.flow} has no conditional variant, so it cannot take --context; "
+            f"--flow {flow} has no conditional variant, so it cannot take --context; "
             f"use one of {', '.join(ok)}"
         )
     num_val = int(args.val_fraction * table.num_rows)
@@ -416,20 +465,20 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         if not _accepts(family.make_conditional if ctx else family.make, "residual"):
             with_residual = sorted(n for n, f in FAMILIES.items() if _accepts(f.make, "residual"))
             raise CLIError(
-                f"--residual is not an option of --flow {args.flow}; it is one of "
+                f"--residual is not an option of --flow {flow}; it is one of "
                 f"{', '.join(with_residual)}"
             )
-        if len(set(args.hidden)) != 1 or len(args.hidden) < 2:
+        if args.hidden is None or len(set(args.hidden)) != 1 or len(args.hidden) < 2:
             raise CLIError(
                 "--residual needs at least two hidden layers of one width (e.g. --hidden "
-                f"64,64,64,64,64), got --hidden {','.join(map(str, args.hidden))}"
+                f"64,64,64,64,64), got --hidden {_show_hidden(args.hidden)}"
             )
         flow_kwargs = {"residual": True}
     est = DensityEstimator(
-        flow=args.flow,
+        flow=flow,
         flow_kwargs=flow_kwargs,
         num_layers=args.layers,
-        hidden_dims=tuple(args.hidden),
+        hidden_dims=None if args.hidden is None else tuple(args.hidden),
         standardize=not args.no_standardize,
         num_steps=args.steps,
         batch_size=args.batch_size,
@@ -464,7 +513,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     est.save(out)
 
     h = est.history_
-    what = f"{name} ({args.layers} layers, hidden {','.join(map(str, args.hidden))})"
+    what = f"{name} ({args.layers} layers{_describe_hidden(est)})"
     if args.base == "gmm":
         what += f" on a {est.base_components}-component Gaussian-mixture base"
     rows = f"{est.info_['num_train']} training + {est.info_['num_val']} validation rows"
@@ -482,6 +531,23 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         print(f"final training NLL {h.train_loss[-1]:.4f} nats after {h.num_steps} steps")
     print(f"saved {out}")
     return 0
+
+
+def _show_hidden(hidden: Sequence[int] | None) -> str:
+    return "(the family's default)" if hidden is None else ",".join(map(str, hidden))
+
+
+def _describe_hidden(est: DensityEstimator) -> str:
+    """``", hidden 64,64"`` for a family with networks, nothing for one without."""
+    from .density import _DEFAULT_HIDDEN
+    from .flows import _accepts, lookup_family
+
+    _, family = lookup_family(est.flow)
+    make = family.make if est.context_dim_ is None else family.make_conditional
+    if not _accepts(make, "hidden_dims"):
+        return ""
+    hidden = est.hidden_dims if est.hidden_dims is not None else _DEFAULT_HIDDEN
+    return f", hidden {','.join(map(str, hidden))}"
 
 
 def _load_model(path: str) -> DensityEstimator:
@@ -541,7 +607,15 @@ def _read_model_data(
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    out = None if args.out is None else _check_out(args.out, suffixes=(".csv", ".npy"))
+    out = (
+        None
+        if args.out is None
+        else _check_out(
+            args.out,
+            suffixes=(".csv", ".npy"),
+            inputs=[(args.model, "MODEL"), (args.data, "DATA")],
+        )
+    )
     est = _load_model(args.model)
     table, x, c = _read_model_data(args, est)
     logp = est.score_samples(x, c)
@@ -575,7 +649,11 @@ def _parse_values(text: str, size: int, option: str) -> np.ndarray:
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
-    out = _check_out(args.out, suffixes=(".csv", ".npy"))
+    out = _check_out(
+        args.out,
+        suffixes=(".csv", ".npy"),
+        inputs=[(args.model, "MODEL"), (args.context_data, "--context-data")],
+    )
     est = _load_model(args.model)
     names = est.feature_names_in_ or [str(j) for j in range(est.n_features_in_)]
     cnames = est.context_names_in_ or [str(j) for j in range(est.context_dim_ or 0)]
@@ -631,7 +709,9 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
     fig = Figure()
     formats = tuple(f".{k}" for k in fig.canvas.get_supported_filetypes())
-    out = _check_out(args.out, suffixes=formats)
+    out = _check_out(
+        args.out, suffixes=formats, inputs=[(args.model, "MODEL"), (args.data, "DATA")]
+    )
     est = _load_model(args.model)
     table, x, c = _read_model_data(args, est)
     rng = np.random.default_rng(args.seed)
@@ -766,14 +846,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit.add_argument(
         "--flow",
-        default="maf",
+        default=None,
         choices=flows,
         metavar="FAMILY",
-        help=f"the flow family: {', '.join(flows)} (default: maf)",
+        help=f"the flow family: {', '.join(flows)} (default: maf, or spline for one data column)",
     )
     fit.add_argument("--layers", type=_positive_int, default=5, help="number of flow layers")
     fit.add_argument(
-        "--hidden", type=_hidden, default=[64, 64], help="hidden sizes, e.g. 64,64 (default)"
+        "--hidden",
+        type=_hidden,
+        default=None,
+        help="hidden sizes of each layer's network, e.g. 64,64 (default: 64,64 for the "
+        "families with networks; spline, planar and radial have none)",
     )
     fit.add_argument(
         "--residual",

@@ -297,8 +297,15 @@ CASES = {
         1,
     ),
     "one column for maf": (
-        lambda bad: ["fit", bad("t.csv", ["a", "b", "c"], good_rows()), "--columns", "a"],
-        ["--flow maf needs at least 2 data columns", "--flow spline"],
+        lambda bad: [
+            "fit",
+            bad("t.csv", ["a", "b", "c"], good_rows()),
+            "--columns",
+            "a",
+            "--flow",
+            "maf",
+        ],
+        ["--flow maf needs at least 2 data columns", "--flow spline (the default for one"],
         1,
     ),
     "flow without conditional variant": (
@@ -478,3 +485,95 @@ def test_residual_networks_round_trip(data, tmp_path, capsys):
     assert main(["score", str(out), str(data), "--out", str(logp)]) == 0
     x = np.genfromtxt(data, delimiter=",", skip_header=1, usecols=(0, 1))
     np.testing.assert_allclose(read_csv(logp)[1][:, 0], est.score_samples(x), rtol=1e-9)
+
+
+# -- outputs never replace inputs; one column fits at the defaults; corrupt numpy files ------
+
+QUICK = ["--layers", "1", "--steps", "20", "--batch-size", "64", "--no-progress"]
+
+
+def test_out_may_not_be_an_input(data, model, tmp_path, capsys):
+    table = tmp_path / "data.csv"
+    shutil.copy(data, table)
+    link = tmp_path / "link.csv"
+    link.symlink_to(table)
+    hard = tmp_path / "hard.csv"
+    os.link(table, hard)
+    saved_model = tmp_path / "m.pt"
+    shutil.copy(model, saved_model)
+    before = {p: p.read_bytes() for p in (table, saved_model)}
+    cases = [
+        (["fit", str(table), "--out", str(table), *TINY], "(DATA)"),
+        (["fit", str(table), "--out", str(link), *TINY], "(DATA)"),
+        (["fit", str(link), "--out", str(hard), *TINY], "(DATA)"),
+        (["score", str(saved_model), str(table), "--out", str(table)], "(DATA)"),
+        (["score", str(saved_model), str(table), "--out", str(link)], "(DATA)"),
+        (["score", str(saved_model), str(table), "--out", str(saved_model)], "(MODEL)"),
+        (["sample", str(saved_model), "--out", str(saved_model)], "(MODEL)"),
+        (["plot", str(saved_model), str(table), "--out", str(table)], "(DATA)"),
+    ]
+    for argv, what in cases:
+        assert main(argv) == 1, argv
+        err = capsys.readouterr().err
+        assert "is the input file" in err and what in err, (argv, err)
+        assert "choose another output path" in err and len(err.strip().splitlines()) == 1
+    assert {p: p.read_bytes() for p in before} == before
+
+    cond = tmp_path / "cond.pt"
+    argv = ["fit", str(table), "--columns", "a,b", "--context", "c", "--out", str(cond)]
+    assert main([*argv, *TINY]) == 0
+    ctx = tmp_path / "ctx.csv"
+    write_csv(ctx, ["c"], [[0.5], [1.0]])
+    assert main(["sample", str(cond), "--context-data", str(ctx), "--out", str(ctx)]) == 1
+    assert "is the input file" in capsys.readouterr().err
+    assert read_csv(ctx)[1].shape == (2, 1)
+
+
+def test_one_column_fits_with_the_default_command(data, tmp_path, capsys):
+    out = tmp_path / "one.pt"
+    assert main(["fit", str(data), "--columns", "b", "--out", str(out), *QUICK]) == 0
+    assert "fitted spline (1 layers)" in capsys.readouterr().out
+    est = DensityEstimator.load(out)
+    assert (est.flow, est.hidden_dims, est.feature_names_in_) == ("spline", None, ["b"])
+    assert main(["score", str(out), str(data)]) == 0
+    assert main(["sample", str(out), "-n", "5", "--out", str(tmp_path / "s.csv")]) == 0
+    assert read_csv(tmp_path / "s.csv")[1].shape == (5, 1)
+    for flow in ("planar", "radial"):
+        argv = ["fit", str(data), "--columns", "b", "--flow", flow, "--out", str(out), *QUICK]
+        assert main(argv) == 0, capsys.readouterr().err
+
+
+def test_one_column_given_context_fits_with_the_default_command(data, tmp_path, capsys):
+    out = tmp_path / "cond1.pt"
+    argv = ["fit", str(data), "--columns", "a", "--context", "c", "--out", str(out), *QUICK]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert "fitted spline (1 layers, hidden 64,64)" in capsys.readouterr().out
+    est = DensityEstimator.load(out)
+    assert (est.n_features_in_, est.context_names_in_) == (1, ["c"])
+    assert main(["score", str(out), str(data)]) == 0
+    assert "mean NLL" in capsys.readouterr().out
+    at = tmp_path / "at.csv"
+    assert main(["sample", str(out), "-n", "4", "--context", "0.5", "--out", str(at)]) == 0
+    assert read_csv(at)[0] == ["a", "c"]
+
+
+def test_corrupt_numpy_files_give_one_line(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    good = tmp_path / "good.npz"
+    np.savez(good, x=rng.normal(size=(50, 2)))
+    zipped = tmp_path / "zipped.npz"
+    zipped.write_bytes(b"PK\x03\x04" + rng.bytes(300))
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(good.read_bytes()[:-40])
+    noise = tmp_path / "noise.npy"
+    noise.write_bytes(rng.bytes(300))
+    expected = {
+        zipped: "zipped.npz: not a readable numpy file, or a corrupt one",
+        truncated: "truncated.npz",
+        noise: "noise.npy: not a numpy file (it does not start with the .npy signature)",
+    }
+    for path, message in expected.items():
+        assert main(["fit", str(path), "--out", str(tmp_path / "m.pt"), *TINY]) == 1
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+        assert "Traceback" not in err and "Python objects" not in err
