@@ -206,11 +206,14 @@ def normalizing_flow(
     context_dim: int | None = None,
     hidden_dims: Sequence[int] | None = None,
     permutation: str | None = "reverse",
+    standardize: bool = True,
     **kwargs: Any,
 ) -> NormalizingFlow:
     """Builds a :class:`~pyro_flows.distributions.NormalizingFlow` with :func:`build`'s stack.
 
-    The base is a standard normal; the arguments are those of :func:`build`.
+    The base is a standard normal; ``standardize`` is :class:`NormalizingFlow`'s (the data-end
+    standardisation that :func:`~pyro_flows.training.fit` sets from the data, so the fit does
+    not depend on the data's units); the other arguments are those of :func:`build`.
 
     Example:
         >>> flow = normalizing_flow("maf", 2, num_layers=3, hidden_dims=[16, 16])
@@ -226,4 +229,4 @@ def normalizing_flow(
         permutation=permutation,
         **kwargs,
     )
-    return NormalizingFlow(transform, input_dim, context_dim=context_dim)
+    return NormalizingFlow(transform, input_dim, context_dim=context_dim, standardize=standardize)

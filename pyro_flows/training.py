@@ -102,6 +102,12 @@ def fit(
     ``num_steps``). Every ``eval_every`` steps, at step 0 and at the last step, the mean NLL of
     the validation rows is computed under :func:`torch.no_grad` in the model's eval mode.
 
+    Before the first step, a model with a method ``initialize_from_data(x)`` (or
+    ``initialize_from_data(x, c)`` with a context) gets it called with the training rows: a
+    :class:`~pyro_flows.distributions.NormalizingFlow` sets its data standardisation there
+    (when the flow is untouched since construction), which makes the fit follow any change of
+    the data's units, :math:`x \mapsto a x + b`, exactly.
+
     Data are cast to the dtype and device of the model's first parameter. The model is put in
     train mode for the steps and left, at the end, in the mode it had on entry. When ``seed``
     is given, the split and the minibatches come from a seeded :class:`torch.Generator`,
@@ -111,7 +117,8 @@ def fit(
     Arguments:
         model: A module with parameters and a method ``log_prob(x)`` (or ``log_prob(x, c)``
             when ``context`` is given) returning one log-density per row.
-        data: The rows to fit, shape ``(num_rows, input_dim)``, finite floating-point values.
+        data: The rows to fit, shape ``(num_rows, input_dim)``, finite floating-point values
+            (NaN or inf raise a ValueError naming ``data``; likewise for the other arrays).
         context: The conditioning rows, shape ``(num_rows, context_dim)``, or ``None``.
         num_steps: The number of optimisation steps.
         batch_size: The minibatch size (capped at the number of training rows); validation
@@ -222,6 +229,14 @@ def fit(
         cv = None if (c is None or not num_val) else c[val_idx]
     if patience is not None and xv is None:
         raise ValueError("patience needs validation data: set val_fraction > 0 or val_data")
+
+    # A data-dependent first step (a NormalizingFlow's standardisation, set only when the
+    # flow is untouched), from the training rows in their own precision.
+    init = getattr(model, "initialize_from_data", None)
+    if callable(init) and ct is None:
+        init(xt)
+    elif callable(init):
+        init(xt, ct)
 
     def move(t: Tensor | None) -> Tensor | None:
         return None if t is None else t.to(device=device, dtype=dtype)

@@ -68,6 +68,7 @@ from .permutation import Permutation, permutation, reverse
 from .planar import ConditionalPlanar, ConditionedPlanar, Planar, conditional_planar, planar
 from .radial import ConditionalRadial, ConditionedRadial, Radial, conditional_radial, radial
 from .squeeze import Squeeze, squeeze, squeeze_image, unsqueeze_image
+from .standardization import Standardization, robust_loc_scale
 
 __all__ = [
     "ActNorm",
@@ -103,6 +104,7 @@ __all__ = [
     "PyroTransform",
     "Radial",
     "Squeeze",
+    "Standardization",
     "actnorm",
     "affine_coupling",
     "autoregressive_order",
@@ -136,6 +138,7 @@ __all__ = [
     "radial",
     "residual_flow",
     "reverse",
+    "robust_loc_scale",
     "squeeze",
     "squeeze_image",
     "unsqueeze_image",

@@ -170,11 +170,15 @@ TRANSFORMS = {
     "invertible_conv1x1_plain_image": image(lambda s: T.invertible_conv1x1(s, lu=False)),
     "image_affine_coupling": image(lambda s: T.image_affine_coupling(s, hidden_channels=[8])),
     "squeeze": image(T.squeeze),
+    # the data-end standardisation of NormalizingFlow (statistics as buffers)
+    "standardization": Case(
+        lambda d: T.Standardization(torch.linspace(-1.0, 1.0, d), torch.linspace(0.5, 2.0, d))
+    ),
     "glow_step_image": image(lambda s: initialized(T.glow_step(s, hidden_dims=[8]), s)),
 }
 NAMES = list(TRANSFORMS)
 INVERTIBLE = [n for n in NAMES if TRANSFORMS[n].invertible]
-PARAMETER_FREE = ("permutation", "squeeze")  # nothing to train
+PARAMETER_FREE = ("permutation", "squeeze", "standardization")  # nothing to train
 
 
 # -- helpers ------------------------------------------------------------------------------------
