@@ -130,10 +130,16 @@ class NormalizingFlow(nn.Module):
 
     # -- standardisation -----------------------------------------------------------------------
     def _fingerprint(self) -> tuple[float, ...]:
-        """Sums of every parameter and buffer, as float32 values: a change shows, a move doesn't."""
+        """Sums of every float parameter and buffer, as float32: a change shows, a move doesn't.
+
+        Flags (boolean buffers, e.g. an ActNorm's ``initialized``) are left out: a pass that
+        only flips one changes no map.
+        """
         sums = []
         with torch.no_grad():
             for t in (*self.parameters(), *self.buffers()):
+                if not t.is_floating_point():
+                    continue
                 v = t.detach().to("cpu", torch.float32).double()
                 sums += [v.sum().item(), v.square().sum().item()]
         return tuple(sums)

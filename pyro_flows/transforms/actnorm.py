@@ -23,10 +23,15 @@ class ActNorm(ShapedFlowTransform):
     (:math:`H W = 1` for vectors). The first inverse pass over data (the direction in which a
     density scores data) sets :math:`b_c` and :math:`s_c` to the mean and log standard
     deviation of channel :math:`c` over the batch (and the pixels), so that the inverse outputs
-    have zero mean and unit variance; after that they are trained like any parameter. A
-    boolean buffer ``initialized`` records this, so a model restored with ``load_state_dict``
-    is not re-initialised. :meth:`initialize` does the same explicitly; a forward pass on an
-    uninitialised layer uses the identity map and leaves it uninitialised.
+    have zero mean and unit variance; after that they are trained like any parameter.
+
+    The rule: that first inverse pass initialises only a layer *untouched since construction*
+    (or :meth:`reset_parameters`): no forward pass, no ``load_state_dict``, and :math:`b, s`
+    still exactly 0 (so neither an optimizer step nor a hand-set value). A layer touched in any
+    of these ways keeps its parameters: a forward pass on an untouched layer (e.g. sampling a
+    Glow guide in SVI) fixes it as the identity it is, so ``t.inv(t(x))`` is ``x``. A boolean
+    buffer ``initialized`` records that the layer is past this point; :meth:`initialize` sets
+    the parameters from data explicitly, at any time.
 
     Arguments:
         event_shape: ``D`` or ``(D,)`` for vectors (``event_dim=1``), ``(C, H, W)`` for images
@@ -60,11 +65,26 @@ class ActNorm(ShapedFlowTransform):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Sets the identity map and marks the layer as not initialised."""
+        """Sets the identity map and marks the layer as untouched (to initialise from data)."""
         with torch.no_grad():
             self.loc.zero_()
             self.log_scale.zero_()
             self.initialized.fill_(False)
+        self.__dict__["_loaded"] = False
+
+    def _untouched(self) -> bool:
+        """Not loaded, and the parameters still at their reset values (the identity)."""
+        return not (
+            self.__dict__.get("_loaded", False)
+            or bool(self.loc.detach().any())
+            or bool(self.log_scale.detach().any())
+        )
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args)
+        self.__dict__["_loaded"] = True  # a loaded layer keeps what it was given
+        with torch.no_grad():
+            self.initialized.fill_(True)
 
     @torch.no_grad()
     def initialize(self, y: Tensor) -> None:
@@ -95,11 +115,16 @@ class ActNorm(ShapedFlowTransform):
         return ladj.expand(self._batch(like))
 
     def _call_and_ladj(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if not self.initialized:  # a forward pass first: the layer stays as it is
+            self.initialized.fill_(True)
         return x * self.log_scale.exp() + self.loc, self._ladj_value(x)
 
     def _inverse_and_ladj(self, y: Tensor) -> tuple[Tensor, Tensor]:
         if not self.initialized:
-            self.initialize(y)
+            if self._untouched():
+                self.initialize(y)
+            else:
+                self.initialized.fill_(True)
         return (y - self.loc) * torch.exp(-self.log_scale), self._ladj_value(y)
 
     def _ladj(self, x: Tensor, y: Tensor) -> Tensor:

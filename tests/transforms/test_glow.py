@@ -54,7 +54,7 @@ def test_actnorm_state_dict_restores_without_reinitialising():
 def test_actnorm_forward_first_keeps_identity_and_bad_batches_fail():
     t = T.actnorm(4)
     x = torch.randn(5, 4)
-    assert torch.equal(t(x), x) and not t.initialized  # sampling before fitting: identity
+    assert torch.equal(t(x), x) and bool(t.initialized)  # a forward pass first: identity, kept
     with pytest.raises(ValueError, match="at least 2 values per channel"):
         T.actnorm(4).inv(torch.randn(4))
     with pytest.raises(ValueError, match=r"y must have shape \(\.\.\., 4\)"):
