@@ -465,21 +465,23 @@ class DensityEstimator:
         family = FAMILIES[name]
         if input_dim < family.min_dim:
             raise ValueError(
-                f"flow {self.flow!r} needs at least {family.min_dim} columns, got {input_dim}; "
-                "for one column use 'spline'"
+                f"flow={self.flow!r} needs at least {family.min_dim} columns, got {input_dim}; "
+                "for one column use flow='spline' (or 'planar', 'radial')"
             )
         if context_dim is not None and family.make_conditional is None:
-            conditional = sorted(k for k, f in FAMILIES.items() if f.make_conditional)
+            conditional = sorted(
+                k for k, f in FAMILIES.items() if f.make_conditional and f.invertible
+            )
             raise ValueError(
-                f"flow {self.flow!r} has no conditional variant, so it cannot take a context; "
-                f"use one of {conditional}"
+                f"flow={self.flow!r} has no conditional variant, so it cannot take a context; "
+                f"use one of {', '.join(conditional)}"
             )
         make = family.make if context_dim is None else family.make_conditional
         if not _accepts(make, "hidden_dims"):
             if hidden is not None:
                 kind = "" if context_dim is None else "conditional "
                 raise ValueError(
-                    f"{kind}flow {self.flow!r} has no hidden layers, so it takes no hidden_dims "
+                    f"{kind}flow={self.flow!r} has no hidden layers, so it takes no hidden_dims "
                     f"(got {hidden}); leave hidden_dims=None"
                 )
         elif hidden is None:
@@ -624,8 +626,8 @@ class DensityEstimator:
             raise ValueError("patience needs validation rows: set val_fraction > 0 or val_X")
         if self.base == "gmm" and xt.shape[0] < self.base_components:
             raise ValueError(
-                f"base_components={self.base_components} needs at least that many training "
-                f"rows, got {xt.shape[0]}"
+                f"base_components={self.base_components} needs at least "
+                f"{self.base_components} training rows, got {xt.shape[0]}"
             )
 
         mean = scale = cmean = cscale = None

@@ -254,8 +254,8 @@ CASES = {
     "too few rows for validation": (
         lambda bad: ["fit", bad("t.csv", ["a", "b", "c"], good_rows(5))],
         [
-            "t.csv: too few rows (5) for a validation split with --val-fraction 0.1",
-            "at least 10 rows",
+            "t.csv: too few rows for a validation split: --val-fraction 0.1 of 5 rows",
+            "at least 10 rows, or --val-fraction 0",
         ],
         1,
     ),
@@ -305,7 +305,7 @@ CASES = {
             "--flow",
             "maf",
         ],
-        ["--flow maf needs at least 2 data columns", "--flow spline (the default for one"],
+        ["--flow maf needs at least 2 columns, got 1; for one column use --flow spline"],
         1,
     ),
     "flow without conditional variant": (
@@ -329,7 +329,7 @@ CASES = {
             "--val-fraction",
             "0",
         ],
-        ["--patience needs a validation split"],
+        ["--patience needs validation rows: set --val-fraction > 0"],
         1,
     ),
     "output directory missing": (
@@ -349,7 +349,7 @@ CASES = {
     ),
     "base components without gmm base": (
         lambda bad: ["fit", bad("t.csv", ["a", "b", "c"], good_rows()), "--base-components", "2"],
-        ["--base-components needs --base gmm"],
+        ["--base-components 2 needs --base gmm"],
         1,
     ),
     "too many base components": (
@@ -383,7 +383,7 @@ CASES = {
     "residual with one hidden layer": (
         # TINY's --hidden 8 comes last and wins.
         lambda bad: ["fit", bad("t.csv", ["a", "b", "c"], good_rows()), "--residual"],
-        ["--residual needs at least two hidden layers of one width", "got --hidden 8"],
+        ["--residual needs at least two hidden layers of one width", "got [8]"],
         1,
     ),
     "unknown flow": (
