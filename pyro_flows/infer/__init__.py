@@ -7,6 +7,8 @@ r"""Variational inference with flows: guides, amortised guides, flow priors and 
 * :func:`importance_sample`, :func:`psis_diagnostic`, :func:`to_inference_data`, :func:`loo`:
   importance weights, PSIS :math:`\hat k` (ArviZ), ELBO and IW-ELBO, ESS, resampling,
   ``arviz.InferenceData``, PSIS-LOO from guide draws.
+* :class:`TraceSTL_ELBO`, :class:`TraceIW_ELBO`, :func:`make_elbo`: lower-variance gradients,
+  as Pyro ELBOs: sticking the landing for the ELBO, DReG for the importance-weighted bound.
 * :func:`compare_guides`, :func:`fit_svi`: fit several guides on one budget and tabulate them;
   :func:`add_comparison_arguments` and :func:`compare_from_args` give a script their options.
 
@@ -39,17 +41,21 @@ from .diagnostics import (
     psis_diagnostic,
     to_inference_data,
 )
+from .elbo import ELBO_ESTIMATORS, TraceIW_ELBO, TraceSTL_ELBO, make_elbo
 from .guides import AutoFlowGuide, SlowGuideWarning, guide_direction
 from .priors import fit_flow_prior, flow_prior
 
 __all__ = [
     "AmortizedFlowGuide",
     "AutoFlowGuide",
+    "ELBO_ESTIMATORS",
     "GuideReport",
     "ImportanceSamples",
     "LooResult",
     "SkippedStepsWarning",
     "SlowGuideWarning",
+    "TraceIW_ELBO",
+    "TraceSTL_ELBO",
     "add_comparison_arguments",
     "compare_from_args",
     "compare_guides",
@@ -64,6 +70,7 @@ __all__ = [
     "importance_sample",
     "importance_weighted_elbo",
     "loo",
+    "make_elbo",
     "pair_plot",
     "pareto_k",
     "pareto_k_reading",
