@@ -123,6 +123,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--nuts-warmup", type=int, default=500)
     parser.add_argument("--nuts-draws", type=int, default=500, help="per chain")
     parser.add_argument(
+        "--defer-reference",
+        action="store_true",
+        help="fit without a missing NUTS reference; its errors are added by --section table",
+    )
+    parser.add_argument(
         "--json",
         default="outputs/vi_guides.json",
         help="results file (--section table: several, comma-separated, are merged)",
@@ -580,10 +585,10 @@ def load_posteriors(args: argparse.Namespace, wanted: Sequence[str]) -> list[Pos
             out.append(_posteriordb(data, name))
             continue
         post.names = post.column_names()
-        post.reference = nuts_reference(post, args)
-        post.source = (
-            f"Pyro NUTS, {post.reference.shape[0]} chains x {post.reference.shape[1]} draws"
-        )
+        post.reference = nuts_reference(post, args, compute=not args.defer_reference)
+        if post.reference is not None:
+            chains, draws = post.reference.shape[:2]
+            post.source = f"Pyro NUTS, {chains} chains x {draws} draws"
         out.append(post)
     return out
 
@@ -612,11 +617,14 @@ def max_plate_nesting(post: Posterior) -> int:
     return max(frames, default=0)
 
 
-def nuts_reference(post: Posterior, args: argparse.Namespace) -> np.ndarray:
+def nuts_reference(
+    post: Posterior, args: argparse.Namespace, compute: bool = True
+) -> np.ndarray | None:
     """Draws (chains x draws x P) of ``post``'s columns by Pyro's NUTS, cached on disk.
 
     The cache file ``<reference-dir>/<name>_nuts_reference.npz`` is reused while its key
-    (the model's source, the data and the NUTS settings) matches.
+    (the model's source, the data and the NUTS settings) matches; else it is made, unless
+    ``compute`` is false (then None).
     """
     import arviz as az
 
@@ -632,6 +640,8 @@ def nuts_reference(post: Posterior, args: argparse.Namespace) -> np.ndarray:
         if str(cached["key"]) == key:
             return cached["draws"]
         print(f"{path}: made for another model, data or setting: remade", file=sys.stderr)
+    if not compute:
+        return None
     chains, warmup, draws = settings
     print(
         f"{post.name}: no cached reference: running Pyro NUTS, {chains} chains x ({warmup} "
@@ -730,7 +740,12 @@ def fit_and_draw(
         warnings.simplefilter("always")
         try:
             if factory is None:  # the recipe: one call
-                result = pf_infer.fit_guide(post.model, *post.args, num_steps=args.num_steps)
+                options = {"num_steps": args.num_steps}
+                if "progress" in inspect.signature(pf_infer.fit_guide).parameters:
+                    options["progress"] = args.progress
+                result = pf_infer.fit_guide(post.model, *post.args, **options)
+                if getattr(result, "choices", None):
+                    row["choices"] = {k: str(v)[:80] for k, v in result.choices.items()}
                 guide = (
                     result[0] if isinstance(result, tuple) else getattr(result, "guide", result)
                 )
@@ -773,10 +788,17 @@ def score_posterior(post: Posterior, draws: object, row: dict) -> None:
         return
     if not math.isfinite(row.get("k_hat", math.nan)) or not math.isfinite(row["elbo"]):
         row["note"] = f"ELBO {row['elbo']}, k-hat {row.get('k_hat')}"
+    row.update(means=cols.mean(0).tolist(), sds=cols.std(0).tolist())
+    if post.reference is not None:
+        add_errors(post, row)
+
+
+def add_errors(post: Posterior, row: dict) -> None:
+    """The errors of the guide's column means and sds (``row``) against the reference."""
     ref = post.reference.reshape(-1, post.reference.shape[-1])
     ref_sd = ref.std(0)
-    mean_err = np.abs(cols.mean(0) - ref.mean(0)) / ref_sd
-    log_sd = np.abs(np.log(cols.std(0) / ref_sd))
+    mean_err = np.abs(np.asarray(row["means"]) - ref.mean(0)) / ref_sd
+    log_sd = np.abs(np.log(np.asarray(row["sds"]) / ref_sd))
     row.update(
         mean_err=float(mean_err.max()),
         mean_err_at=post.names[int(mean_err.argmax())],
@@ -826,7 +848,7 @@ def run_posteriordb(args: argparse.Namespace) -> None:
             rows[label] = row
             print(f"{name} / {label}: {cell(row)}", file=sys.stderr)
             save(args.json, name, rows)
-    print_table(args.json)
+    print_table(args.json, args)
 
 
 def run_funnel(args: argparse.Namespace) -> None:
@@ -843,7 +865,7 @@ def run_funnel(args: argparse.Namespace) -> None:
         rows[label] = row
         print(f"funnel / {label}: {cell(row, funnel=True)}", file=sys.stderr)
         save(args.json, "funnel", rows)
-    print_table(args.json)
+    print_table(args.json, args)
 
 
 # -- tables --------------------------------------------------------------------------------------
@@ -875,14 +897,25 @@ def score(row: dict, funnel: bool) -> float:
     return math.inf
 
 
-def print_table(path: str) -> None:
+def print_table(path: str, args: argparse.Namespace) -> None:
     results = {}  # several files (comma-separated) are merged: runs made in parallel
     for part in path.split(","):
         if Path(part).exists():
-            results.update(json.loads(Path(part).read_text()))
+            for model, rows in json.loads(Path(part).read_text()).items():
+                results.setdefault(model, {}).update(rows)  # guides of one model: merged
     models = [m for m in (*POSTERIORS, "funnel") if m in results]
     if not models:
         return
+    deferred = [
+        m for m in models if any("means" in r and "mean_err" not in r for r in results[m].values())
+    ]
+    cached_only = argparse.Namespace(**{**vars(args), "defer_reference": True})
+    for post in load_posteriors(cached_only, deferred) if deferred else []:
+        if post.reference is None:
+            continue
+        for row in results[post.name].values():
+            if "means" in row and "mean_err" not in row:
+                add_errors(post, row)  # fitted before its reference existed
     guides = list(dict.fromkeys(g for m in models for g in results[m] if not g.startswith("_")))
     meta = next(results[m]["_meta"] for m in models if "_meta" in results[m])
     print(
@@ -922,7 +955,7 @@ def print_table(path: str) -> None:
                 continue
             best = min(score(rows[h], is_funnel) for h in guides if h in rows)
             mine = score(row, is_funnel)
-            within += mine <= best + 0.05
+            within += math.isfinite(mine) and mine <= best + 0.05
             khat_ok += row.get("k_hat", math.inf) < 0.7
             bad += "failed" in row
         ran = sum(g in results[m] for m in models)
@@ -1074,7 +1107,7 @@ def main(args: argparse.Namespace) -> None:
     if args.section in ("funnel", "all"):
         run_funnel(args)
     if args.section == "table":
-        print_table(args.json)
+        print_table(args.json, args)
     if args.section in ("step-time", "all"):
         run_step_time(args)
 
