@@ -577,3 +577,139 @@ def test_corrupt_numpy_files_give_one_line(tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
         assert "Traceback" not in err and "Python objects" not in err
+
+
+# -- messages: from the estimator's words to the command line's -------------------------------
+
+
+def test_translate_estimator_messages():
+    from pyro_flows.cli.fit import translate
+
+    assert translate(
+        "X column 'k' is constant (every value is 7): it has no density", "t.csv"
+    ) == ("t.csv: column 'k' is constant (every value is 7): it has no density")
+    assert translate("base_components=3 needs base='gmm' (the normal base)", "t.csv") == (
+        "--base-components 3 needs --base gmm (the normal base)"
+    )
+    assert translate("patience needs validation rows: set val_fraction > 0 or val_X", "d") == (
+        "--patience needs validation rows: set --val-fraction > 0"
+    )
+    assert translate("flow='spline' takes no hidden_dims; leave hidden_dims=None", "d") == (
+        "--flow spline takes no --hidden; leave out --hidden"
+    )
+    assert translate("too few rows to fit: X has 1 row(s), need >= 2", "d.csv") == (
+        "d.csv: too few rows to fit: the data has 1 row(s), need >= 2"
+    )
+
+
+def test_user_errors_that_used_to_mislead(data, model, tmp_path, capsys):
+    one = write_csv(tmp_path / "one.csv", ["a", "b"], [[1.0, 2.0]])
+    assert main(["fit", str(one), "--out", str(tmp_path / "m.pt"), "--val-fraction", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "one.csv: too few rows to fit" in err and "constant" not in err
+
+    huge = write_csv(
+        tmp_path / "huge.csv", ["a", "b"], [[i, 1e300 * (-1) ** i] for i in range(40)]
+    )
+    assert main(["fit", str(huge), "--out", str(tmp_path / "m.pt"), *TINY]) == 1
+    assert "huge.csv: column 'b' is too large to standardise" in capsys.readouterr().err
+
+    assert main(["score", str(model), str(data), "--context", "c"]) == 1
+    err = capsys.readouterr().err
+    assert f"{model}: the model is not conditional; drop --context" in err
+    assert not list(tmp_path.glob("*.pt"))
+
+
+def test_discrete_column_is_fitted_with_a_warning(tmp_path, capsys):
+    rng = np.random.default_rng(8)
+    rows = np.c_[rng.normal(size=200), rng.integers(0, 3, size=200)].tolist()
+    path = write_csv(tmp_path / "d.csv", ["x", "k"], rows)
+    assert main(["fit", str(path), "--out", str(tmp_path / "m.pt"), *TINY]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("pyro-flows fit: warning: ")
+    assert "d.csv: column 'k' holds only 3 distinct integer values" in err
+    assert "dequantize" in err
+
+
+def test_help_shows_defaults_and_shared_options(capsys):
+    assert main(["fit", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for default in ("(default: 1000)", "(default: 512)", "(default: 0.1)", "(default: auto)"):
+        assert default in text
+    assert "(default: maf, or spline for one data column)" in text
+    for command in ("fit", "score", "plot", "sample"):
+        assert main([command, "--help"]) == 0
+        text = capsys.readouterr().out
+        assert all(option in text for option in ("--key", "--header", "--delimiter"))
+
+
+# -- the corner plot -------------------------------------------------------------------------
+
+
+def test_plot_draws_many_samples_whatever_the_data_size(model, data, tmp_path, capsys):
+    small = tmp_path / "small.csv"
+    with open(data) as f:
+        rows = list(csv.reader(f))[:45]
+    write_csv(small, rows[0], rows[1:])
+    fig = tmp_path / "fig.png"
+    capsys.readouterr()
+    assert main(["plot", str(model), str(small), "--out", str(fig)]) == 0
+    out = capsys.readouterr().out
+    assert "corner plot of 44 data rows against 2000 model samples" in out
+    assert fig.read_bytes()[:8] == PNG
+    assert main(["plot", str(model), str(small), "--out", str(fig), "--columns", "b"]) == 0
+    assert "(1 of 2 columns)" in capsys.readouterr().out
+    assert main(["plot", str(model), str(small), "--out", str(fig), "--columns", "z"]) == 1
+    assert "the model has no column 'z'; its columns are: a, b" in capsys.readouterr().err
+
+
+def test_corner_figure_layout():
+    from matplotlib.collections import PathCollection
+
+    from pyro_flows.cli.figures import MAX_COLUMNS, corner_figure, highest_density_levels
+    from pyro_flows.training import FitHistory
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 3))
+    s = rng.normal(size=(2000, 3))
+    losses = list(np.linspace(9.0, 2.0, 100))
+    history = FitHistory(train_loss=losses, val_steps=[0, 50, 100], val_nll=[9.5, 3.0, 2.5])
+    fig = corner_figure(x, s, ["a", "b", "c"], history, "d.csv")
+    axes = fig.axes
+    assert len(axes) == 3 * 3 + 2
+    grid = np.array(axes[:9], dtype=object).reshape(3, 3)
+    for i in range(3):
+        for j in range(3):
+            ax = grid[i, j]
+            if i < j:  # upper triangle: contours of data and model
+                assert len([c for c in ax.collections if not isinstance(c, PathCollection)]) >= 2
+            elif i > j:  # lower triangle: points of data and model
+                assert len([c for c in ax.collections if isinstance(c, PathCollection)]) == 2
+            else:  # diagonal: data histogram, data and model densities
+                assert len(ax.lines) == 2 and len(ax.patches) > 0
+    assert grid[2, 0].get_xlabel() == "a" and grid[1, 0].get_ylabel() == "b"
+    whole = axes[9]
+    low, high = whole.get_ylim()
+    assert low <= 2.0 and high >= 9.5  # the whole curve, first step and validation included
+    assert whole.get_xlim()[0] == 0
+    with pytest.raises(ValueError, match="1 to 20 columns"):
+        corner_figure(
+            np.zeros((5, MAX_COLUMNS + 1)), np.zeros((5, MAX_COLUMNS + 1)), [], history, ""
+        )
+    assert highest_density_levels(np.array([4.0, 3.0, 2.0, 1.0]), (0.7, 0.4)) == [3.0, 4.0]
+
+
+def test_plot_draws_at_most_twenty_columns_and_says_so():
+    from pyro_flows.cli.plot import _shown
+    from pyro_flows.cli.table_io import CLIError
+
+    names = [f"v{j}" for j in range(25)]
+    shown, note = _shown(names, None)
+    assert shown == list(range(20))
+    assert "the model has 25 columns: drew the first 20, choose others with --columns" in note
+    assert _shown(names[:20], None) == (list(range(20)), "")
+    assert _shown(names, "v24,3") == ([24, 3], " (2 of 25 columns)")
+    with pytest.raises(CLIError, match="at most 20 columns, got 21"):
+        _shown(names, ",".join(names[:21]))
+    with pytest.raises(CLIError, match="listed twice"):
+        _shown(names, "v1,1")

@@ -14,7 +14,8 @@ import numpy as np
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
-    from matplotlib.figure import Figure, SubFigure
+    from matplotlib.figure import Figure
+    from matplotlib.gridspec import GridSpec
 
     from ..training import FitHistory
 
@@ -89,7 +90,13 @@ def _thin(v: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     return v if v.shape[0] <= n else v[rng.choice(v.shape[0], n, replace=False)]
 
 
-def _corner(sub: SubFigure, x: np.ndarray, s: np.ndarray, names: list[str], source: str) -> None:
+def _short(name: str, room: float, size: float) -> str:
+    """``name``, cut with an ellipsis to about ``room`` inches of text of ``size`` points."""
+    fit = max(4, int(room * 72 / (0.6 * size)))
+    return name if len(name) <= fit else name[: fit - 1] + "\u2026"
+
+
+def _corner(grid: GridSpec, x: np.ndarray, s: np.ndarray, names: list[str], panel: float) -> None:
     k = x.shape[1]
     lo, hi = _limits(x, s)
     rng = np.random.default_rng(0)
@@ -97,7 +104,7 @@ def _corner(sub: SubFigure, x: np.ndarray, s: np.ndarray, names: list[str], sour
     # data points on top of the model's, larger when there are few of them
     size, alpha = (7.0, 0.9) if xp.shape[0] <= 200 else (3.0, 0.5)
     label_size = 9 if k <= 6 else (7 if k <= 12 else 5.5)
-    axes = sub.subplots(k, k, squeeze=False, gridspec_kw={"hspace": 0.06, "wspace": 0.06})
+    axes = grid.subplots(squeeze=False)
     for i in range(k):
         for j in range(k):
             ax: Axes = axes[i, j]
@@ -140,23 +147,14 @@ def _corner(sub: SubFigure, x: np.ndarray, s: np.ndarray, names: list[str], sour
             if i < k - 1:
                 ax.set_xticklabels([])
             else:
-                ax.set_xlabel(names[j], fontsize=label_size)
+                ax.set_xlabel(_short(names[j], panel, label_size), fontsize=label_size)
                 for t in ax.get_xticklabels():
                     t.set_rotation(45 if k > 4 else 0)
             if j > 0 or i == 0:
                 if i != j:
                     ax.set_yticklabels([])
             else:
-                ax.set_ylabel(names[i], fontsize=label_size)
-    sub.suptitle(
-        f"{source}: data (blue, {x.shape[0]} rows) against model samples (orange, "
-        f"{s.shape[0]})\ndiagonal: marginal densities; below: points; above: the contours "
-        "holding 50% and 90% of each",
-        fontsize=max(label_size, 8) + 1,
-        x=0.01,
-        ha="left",
-        linespacing=1.4,
-    )
+                ax.set_ylabel(_short(names[i], panel, label_size), fontsize=label_size)
 
 
 def _curve(ax: Axes, history: FitHistory, first: int) -> None:
@@ -242,13 +240,50 @@ def corner_figure(
     k = x.shape[1]
     if not 1 <= k <= MAX_COLUMNS:
         raise ValueError(f"a corner plot takes 1 to {MAX_COLUMNS} columns, got {k}")
-    panel = 2.0 if k <= 4 else (1.5 if k <= 8 else max(0.9, 14.0 / k))
-    width = max(panel * k + 1.0, 8.0)
-    curve_height = 2.6
-    fig = Figure(figsize=(width, panel * k + 0.8 + curve_height), layout="constrained")
-    top, bottom = fig.subfigures(2, 1, height_ratios=[panel * k + 0.8, curve_height])
-    _corner(top, x, s, names, source)
-    whole, zoom = bottom.subplots(1, 2)
+    # A fixed layout in inches (a layout engine takes longer than the drawing on 400 axes).
+    panel = {1: 3.2, 2: 2.6}.get(k) or (2.0 if k <= 4 else 1.5 if k <= 8 else max(0.9, 14 / k))
+    left, right, top, gap, curves, bottom = 1.0, 0.3, 0.8, 1.2, 2.3, 0.55
+    width = max(left + panel * k + right, 8.0)
+    height = top + panel * k + gap + curves + bottom
+    fig = Figure(figsize=(width, height))
+    grid = fig.add_gridspec(
+        k,
+        k,
+        left=left / width,
+        right=(left + panel * k) / width,
+        top=1 - top / height,
+        bottom=(bottom + curves + gap) / height,
+        wspace=0.06,
+        hspace=0.06,
+    )
+    _corner(grid, x, s, names, panel)
+    size = 9 if k <= 6 else (7 if k <= 12 else 5.5)
+    fig.suptitle(
+        f"{source}: data (blue, {x.shape[0]} rows) against model samples (orange, "
+        f"{s.shape[0]})\n"
+        + (
+            "the marginal densities"
+            if k == 1
+            else "diagonal: marginal densities; below: points; above: the contours holding "
+            "50% and 90% of each"
+        ),
+        fontsize=max(size, 8) + 1,
+        x=0.1 / width,
+        y=1 - 0.1 / height,
+        ha="left",
+        va="top",
+        linespacing=1.4,
+    )
+    lower = fig.add_gridspec(
+        1,
+        2,
+        left=0.8 / width,
+        right=1 - 0.25 / width,
+        top=(bottom + curves) / height,
+        bottom=bottom / height,
+        wspace=0.22,
+    )
+    whole, zoom = lower.subplots()
     _curve(whole, history, 0)
     whole.set_title("training curve, whole run", fontsize=9)
     whole.legend(fontsize=7, frameon=False)
