@@ -9,6 +9,8 @@ r"""Variational inference with flows: guides, amortised guides, flow priors and 
   ``arviz.InferenceData``, PSIS-LOO from guide draws.
 * :class:`TraceSTL_ELBO`, :class:`TraceIW_ELBO`, :func:`make_elbo`: lower-variance gradients,
   as Pyro ELBOs: sticking the landing for the ELBO, DReG for the importance-weighted bound.
+* :func:`fit_guide`: one call that fits a flow guide by a tested recipe (RealNVP, STL gradient,
+  step-size search, importance-weighted report).
 * :func:`compare_guides`, :func:`fit_svi`: fit several guides on one budget and tabulate them;
   :func:`add_comparison_arguments` and :func:`compare_from_args` give a script their options.
 
@@ -44,11 +46,13 @@ from .diagnostics import (
 from .elbo import ELBO_ESTIMATORS, TraceIW_ELBO, TraceSTL_ELBO, make_elbo
 from .guides import AutoFlowGuide, SlowGuideWarning, guide_direction
 from .priors import fit_flow_prior, flow_prior
+from .recipe import GuideFit, fit_guide, recipe_flow_size
 
 __all__ = [
     "AmortizedFlowGuide",
     "AutoFlowGuide",
     "ELBO_ESTIMATORS",
+    "GuideFit",
     "GuideReport",
     "ImportanceSamples",
     "LooResult",
@@ -61,6 +65,7 @@ __all__ = [
     "compare_guides",
     "effective_sample_size",
     "fit_flow_prior",
+    "fit_guide",
     "fit_svi",
     "flow_prior",
     "format_table",
@@ -75,6 +80,7 @@ __all__ = [
     "pareto_k",
     "pareto_k_reading",
     "psis_diagnostic",
+    "recipe_flow_size",
     "standard_guides",
     "to_inference_data",
 ]
