@@ -249,6 +249,7 @@ def test_model_without_log_prob():
         ({"data": [[0.0, 1.0]]}, TypeError, "data must be"),
         ({"context": torch.randn(9, 3)}, ValueError, r"context must have one row.*\(10\).*9"),
         ({"context": torch.full((10, 3), math.nan)}, ValueError, "context contains 30 NaN"),
+        ({"val_data": torch.full((5, 2), math.inf)}, ValueError, "val_data contains 10 NaN"),
         ({"val_fraction": 1.0}, ValueError, "val_fraction"),
         ({"val_fraction": -0.1}, ValueError, "val_fraction"),
         ({"val_fraction": 0.05}, ValueError, r"val_fraction=0.05 of 10 rows.*0 validation"),
@@ -289,3 +290,38 @@ def test_clip_and_weight_decay_run():
         progress=False,
     )
     assert all(math.isfinite(v) for v in h.train_loss)
+
+
+class Recording(Gaussian):
+    """A Gaussian that records what fit's data-dependent hook saw, and when."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = None
+        self.scored_before_hook = False
+
+    def initialize_from_data(self, x, c=None):
+        self.seen = (x.clone(), None if c is None else c.clone())
+        return True
+
+    def log_prob(self, x, c=None):
+        if self.seen is None:
+            self.scored_before_hook = True
+        return super().log_prob(x)
+
+
+def test_fit_calls_initialize_from_data_with_the_training_rows_first():
+    data = torch.randn(40, 2, dtype=torch.float64)
+    context = torch.randn(40, 3, dtype=torch.float64)
+    model = Recording()
+    fit(model, data, context=context, num_steps=2, val_fraction=0.25, progress=False, seed=0)
+    x, c = model.seen
+    assert not model.scored_before_hook
+    assert x.shape == (30, 2) and c.shape == (30, 3)
+    assert x.dtype == torch.float64  # the rows in their own precision, before the cast
+    # exactly the training rows (the split's complement of the validation rows), paired
+    rows = {tuple(r) for r in torch.cat([data, context], 1).tolist()}
+    assert {tuple(r) for r in torch.cat([x, c], 1).tolist()} <= rows
+    model = Recording()
+    fit(model, data, num_steps=1, val_data=data[:5], progress=False)
+    assert model.seen[1] is None and torch.equal(model.seen[0], data)
