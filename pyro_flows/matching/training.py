@@ -161,6 +161,13 @@ def fit_flow_matching(
 
     x1_all = as_rows(data, "data").to(device=device, dtype=dtype)
     n, dim = x1_all.shape
+    if n == 0:
+        raise ValueError(f"data is empty (shape {tuple(x1_all.shape)}): nothing to fit")
+    field_dim = getattr(field, "input_dim", None)
+    if isinstance(field_dim, int) and field_dim != dim:
+        raise ValueError(
+            f"data has {dim} columns, but the field's input_dim is {field_dim}: they must match"
+        )
     if coupling.paired != (source_data is not None):
         raise ValueError(
             "source_data must be given exactly when the coupling is paired "
@@ -186,6 +193,18 @@ def fit_flow_matching(
             raise ValueError(
                 f"context must have {n} rows (one per data row), got {c_all.shape[0]}"
             )
+        field_context = getattr(field, "context_dim", 0)
+        if field_context is None:
+            raise ValueError(
+                "context was given, but the field takes none (its context_dim is None)"
+            )
+        expected = c_all.shape[1] + int(bool(guidance))  # guidance appends a flag column
+        if isinstance(field_context, int) and field_context != expected:
+            flag = " plus the guidance flag" if guidance else ""
+            raise ValueError(
+                f"context has {c_all.shape[1]} columns{flag}, but the field's context_dim is "
+                f"{field_context}: they must match"
+            )
     elif guidance:
         raise ValueError("guidance=True needs a context")
 
@@ -193,6 +212,8 @@ def fit_flow_matching(
     if val_data is not None:
         xv = as_rows(val_data, "val_data").to(x1_all)
         check_last_dim(xv, dim, "val_data")
+        if xv.shape[0] == 0:
+            raise ValueError("val_data is empty: give at least one validation row, or None")
         if (c_all is None) != (val_context is None):
             raise ValueError("val_context must be given exactly when context is given")
         if val_context is not None:

@@ -159,3 +159,29 @@ def test_trainer_errors():
         fit_flow_matching(field, data, source=lambda n: torch.zeros(n, 3), progress=False)
     with pytest.raises(ValueError, match="lr must be"):
         fit_flow_matching(field, data, lr=0.0, progress=False)
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (
+            lambda d: dict(data=d[:, :1].repeat(1, 3)),
+            "data has 3 columns, but the field's input_dim is 2",
+        ),
+        (lambda d: dict(data=d[:0]), r"data is empty \(shape \(0, 2\)\)"),
+        (lambda d: dict(data=d, val_data=d[:0]), "val_data is empty"),
+        (lambda d: dict(data=d, context=d[:, :1]), "the field takes none"),
+    ],
+)
+def test_trainer_names_bad_widths_and_empty_data(make, match):
+    with pytest.raises(ValueError, match=match):
+        fit_flow_matching(VectorField(2, [8]), num_steps=2, progress=False, **make(_data(50)))
+
+
+def test_trainer_names_a_context_of_the_wrong_width():
+    field = VectorField(2, [8], context_dim=3)
+    data = _data(50)
+    with pytest.raises(
+        ValueError, match="context has 2 columns, but the field's context_dim is 3"
+    ):
+        fit_flow_matching(field, data, context=data, num_steps=2, progress=False)
