@@ -44,7 +44,13 @@ from .diagnostics import (
     to_inference_data,
 )
 from .elbo import ELBO_ESTIMATORS, TraceIW_ELBO, TraceSTL_ELBO, make_elbo
-from .guides import AutoFlowGuide, SlowGuideWarning, guide_direction
+from .guides import (
+    AutoFlowGuide,
+    LaplaceFallbackWarning,
+    SlowGuideWarning,
+    guide_direction,
+    init_to_centre,
+)
 from .priors import fit_flow_prior, flow_prior
 from .recipe import GuideFit, fit_guide, recipe_flow_size
 
@@ -55,6 +61,7 @@ __all__ = [
     "GuideFit",
     "GuideReport",
     "ImportanceSamples",
+    "LaplaceFallbackWarning",
     "LooResult",
     "SkippedStepsWarning",
     "SlowGuideWarning",
@@ -74,6 +81,7 @@ __all__ = [
     "importance_resample",
     "importance_sample",
     "importance_weighted_elbo",
+    "init_to_centre",
     "loo",
     "make_elbo",
     "pair_plot",

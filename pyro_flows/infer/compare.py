@@ -146,12 +146,12 @@ def fit_svi(
             bad.append(step + 1)
             streak += 1
             _scale_lr(optim, 0.5)
+        if not finite and (streak >= max_bad_steps or len(bad) == num_steps):
+            raise FloatingPointError(_diagnose(bad, streak, loss, params, error)) from error
         zero_grads(params)
         if step_times is not None:
             step_times.append(time.perf_counter() - t0)
         losses.append(loss)
-        if not finite and (streak >= max_bad_steps or len(bad) == num_steps):
-            raise FloatingPointError(_diagnose(bad, streak, loss, params, error)) from error
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss:.3f}")
     if bad:
@@ -203,8 +203,9 @@ def _diagnose(
     bad: list[int], streak: int, loss: float, params: set[torch.Tensor], error: Exception | None
 ) -> str:
     store = pyro.get_param_store()
+    # PyroModule stores a plain nn.Module's parameters as "Guide.child$$$sub.weight"
     names = sorted(
-        store.param_name(p)
+        store.param_name(p).replace("$$$", ".")
         for p in params
         if p.grad is not None and not bool(torch.isfinite(p.grad).all())
     )
@@ -215,7 +216,7 @@ def _diagnose(
     elif not math.isfinite(loss):
         what = f"the loss was {loss}"
     else:
-        what = "the loss was finite"
+        what = "the loss was finite but not every gradient"
     if names:
         shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
         what += f"; non-finite gradients of {shown}"

@@ -14,15 +14,22 @@ from pyro import poutine
 from pyro.distributions import constraints
 from pyro.distributions.transforms import AffineTransform, ComposeTransform, LowerCholeskyAffine
 from pyro.infer.autoguide import AutoContinuous, AutoLaplaceApproximation
-from pyro.infer.autoguide.initialization import init_to_median
+from pyro.infer.autoguide.initialization import init_to_feasible
 from pyro.nn import PyroParam
+from pyro.ops.hessian import hessian
 from torch import Tensor, nn
 from torch.distributions import biject_to
 
 from .._validation import check_choice, check_positive_int
 from ..flows import Family, build, lookup_family
 
-__all__ = ["AutoFlowGuide", "SlowGuideWarning", "guide_direction"]
+__all__ = [
+    "AutoFlowGuide",
+    "LaplaceFallbackWarning",
+    "SlowGuideWarning",
+    "guide_direction",
+    "init_to_centre",
+]
 
 _DIRECTIONS = ("auto", "forward", "inverse")
 _AFFINES = ("diagonal", "full", "none")
@@ -30,6 +37,58 @@ _AFFINES = ("diagonal", "full", "none")
 
 class SlowGuideWarning(UserWarning):
     """A flow guide that cannot sample and score its own samples in one pass per layer."""
+
+
+class LaplaceFallbackWarning(UserWarning):
+    """The Hessian of a Laplace warm start was not positive definite; a fallback was used."""
+
+
+def init_to_centre(site: dict | None = None) -> Tensor | Callable[[dict], Tensor]:
+    r"""Starts each latent site at the centre of its prior: the default of :class:`AutoFlowGuide`.
+
+    A site with real support starts at its prior's mean (given its parents' starting values),
+    when that is finite; any other site, or a prior without a finite mean, starts where the
+    unconstrained value is zero (Pyro's :func:`~pyro.infer.autoguide.initialization.
+    init_to_feasible`, the start of :class:`~pyro.infer.autoguide.AutoNormal`): a scale at 1, an
+    interval's midpoint, a simplex's centre.
+
+    Both are deterministic. Pyro's ``init_to_median`` takes the median of 15 prior draws, whose
+    error is :math:`\approx 0.3` prior sds: tens of units for the vague priors of a
+    hierarchical model (``Normal(0, 100)``), and every group effect then starts at its own random
+    offset. An optimizer with learning rate :math:`\eta` moves a parameter by at most about
+    :math:`\eta` per step, so a start that far away is never undone: on the radon model (89
+    latents, 3000 steps, lr 5e-3 decaying to 5e-4, at most about 6 units of travel) an IAF guide
+    so started ended 1600 nats below its ELBO from this start. Prior means of scale sites are
+    avoided for the same reason (``HalfNormal(100)``'s mean 80 is :math:`\log 80 \approx 4.4`
+    units from a posterior scale near 1).
+
+    Arguments:
+        site: A sample site, or None to return this function (as Pyro's ``init_to_*``).
+
+    Example:
+        >>> import pyro.distributions as dist
+        >>> site = {"name": "b", "fn": dist.Normal(torch.tensor(3.0), 100.0), "is_observed": False}
+        >>> init_to_centre(site)
+        tensor(3.)
+        >>> init_to_centre({"name": "s", "fn": dist.HalfNormal(100.0), "is_observed": False})
+        tensor(1.)
+    """
+    if site is None:
+        return init_to_centre
+    fn = site["fn"]
+    support = fn.support
+    while isinstance(support, constraints.independent):
+        support = support.base_constraint
+    if support is constraints.real:
+        try:
+            mean = fn.mean.detach()
+        except (NotImplementedError, AttributeError):
+            mean = None
+        if mean is not None and bool(torch.isfinite(mean).all()):
+            value = mean.expand(fn.shape()).clone()
+            value._pyro_custom_init = False
+            return value
+    return init_to_feasible(site)
 
 
 def guide_direction(family: Family | str, direction: str = "auto") -> str:
@@ -206,7 +265,7 @@ class AutoFlowGuide(AutoContinuous):
         num_layers: int = 3,
         hidden_dims: Sequence[int] | None = None,
         *,
-        init_loc_fn: Callable[[dict], Tensor] = init_to_median,
+        init_loc_fn: Callable[[dict], Tensor] = init_to_centre,
         init_scale: float = 1.0,
         affine: str = "diagonal",
         direction: str = "auto",
@@ -295,9 +354,25 @@ class AutoFlowGuide(AutoContinuous):
         with poutine.block(), torch.enable_grad():
             laplace = AutoLaplaceApproximation(self.model, init_loc_fn=self._init_loc_fn)
             laplace._pyro_name = f"{self._pyro_name}.warm_start"  # never a user's parameters
-            fit_svi(self.model, laplace, *args, num_steps=self._warm_start, lr=self._warm_start_lr)
-            gaussian = laplace.laplace_approximation(*args, **kwargs)
-            self.init_from(gaussian, *args, **kwargs)
+            fit_svi(
+                self.model,
+                laplace,
+                *args,
+                num_steps=self._warm_start,
+                lr=self._warm_start_lr,
+                **kwargs,
+            )
+            # As AutoLaplaceApproximation.laplace_approximation: the Hessian of -log p at the
+            # MAP, but a Hessian that is not positive definite falls back instead of failing.
+            guide_trace = poutine.trace(laplace).get_trace(*args, **kwargs)
+            model_trace = poutine.trace(poutine.replay(self.model, trace=guide_trace)).get_trace(
+                *args, **kwargs
+            )
+            loss = guide_trace.log_prob_sum() - model_trace.log_prob_sum()
+            precision = hessian(loss, laplace.loc)
+            loc, scale_tril = _laplace_gaussian(laplace.loc, precision, self._init_scale)
+            with torch.no_grad():
+                self._set_affine(loc, scale_tril)
         store = pyro.get_param_store()
         for name in [n for n in store.keys() if n.startswith(laplace._pyro_name + ".")]:
             del store[name]
@@ -390,6 +465,10 @@ class AutoFlowGuide(AutoContinuous):
                 f"gaussian_guide is over the sites {theirs} ({loc.shape[-1]} values), but this "
                 f"guide is over {sites} ({self.latent_dim} values): fit it on the same model"
             )
+        self._set_affine(loc, scale_tril)
+        return self
+
+    def _set_affine(self, loc: Tensor, scale_tril: Tensor) -> None:
         loc = loc.detach().to(self._zero)
         scale_tril = scale_tril.detach().to(self._zero)
         scale = scale_tril.diagonal()
@@ -397,7 +476,6 @@ class AutoFlowGuide(AutoContinuous):
         self.affine_params.copy_(torch.stack([loc, raw_scale]))
         if self._affine == "full":
             self.scale_tril = scale_tril / scale[:, None]  # unit diagonal; S = diag(scale) L
-        return self
 
     @property
     def loc(self) -> Tensor:
@@ -526,3 +604,91 @@ class AutoFlowGuide(AutoContinuous):
             values[name] = bijection(qs)
             errors[name] = (high - low).abs() / (2 * 1.96)
         return values, errors
+
+
+def _laplace_gaussian(
+    loc: Tensor, precision: Tensor, fallback_scale: float = 1.0
+) -> tuple[Tensor, Tensor]:
+    r"""The Gaussian :math:`N(m, H^{-1})` of a Laplace approximation, robust to a non-PD :math:`H`.
+
+    :math:`H` is the Hessian of :math:`-\log p` at the MAP :math:`m`. At a true, well-identified
+    mode it is positive definite and the result is :math:`(m, \operatorname{chol}(H^{-1}))`.
+    When it is not (a MAP fit stopped at a saddle or on a ridge, a latent the data do not
+    inform under a flat prior, round-off), a :class:`LaplaceFallbackWarning` names the fallback:
+
+    * ``"eigenvalue"``: :math:`H` is symmetrised and its eigenvalues that are not clearly
+      positive (:math:`\lambda_i \le 10^{-6} \max_j |\lambda_j|`) are replaced by
+      :math:`1 / \text{fallback\_scale}^2`: those directions start at the scale a cold start
+      would have, the others keep their curvature and correlations.
+    * ``"diagonal"``: when :math:`H` has non-finite entries or its eigendecomposition fails,
+      standard deviations :math:`H_{ii}^{-1/2}` where :math:`H_{ii} > 0` is finite, else
+      ``fallback_scale``, without correlations.
+
+    Arguments:
+        loc: The MAP :math:`m`, shape ``(D,)``.
+        precision: The Hessian :math:`H`, shape ``(D, D)``.
+        fallback_scale: The standard deviation given to directions without curvature.
+
+    Returns:
+        ``(loc, scale_tril)``, detached, in the dtype of ``loc``.
+
+    Raises:
+        FloatingPointError: If ``loc`` is not finite (the MAP fit diverged).
+
+    Example:
+        >>> import warnings
+        >>> H = torch.tensor([[4.0, 0.0], [0.0, -1.0]])  # a saddle
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     _, scale_tril = _laplace_gaussian(torch.zeros(2), H, fallback_scale=0.3)
+        >>> scale_tril.diagonal(), caught[0].category.__name__
+        (tensor([0.5000, 0.3000]), 'LaplaceFallbackWarning')
+    """
+    loc = loc.detach()
+    if not bool(torch.isfinite(loc).all()):
+        raise FloatingPointError(
+            "the MAP fit of the Laplace warm start ended at non-finite values; lower "
+            "warm_start_lr or give init_loc_fn a better starting point"
+        )
+    h = precision.detach().double()
+    h = 0.5 * (h + h.T)
+    dim = h.shape[-1]
+    if bool(torch.isfinite(h).all()):
+        chol, info = torch.linalg.cholesky_ex(h)
+        if int(info) == 0:
+            cov = torch.cholesky_inverse(chol)
+            scale_tril, info = torch.linalg.cholesky_ex(0.5 * (cov + cov.T))
+            if int(info) == 0:
+                return loc, scale_tril.to(loc.dtype)
+        try:
+            eigvals, eigvecs = torch.linalg.eigh(h)
+        except RuntimeError:  # torch.linalg.LinAlgError: no convergence
+            eigvals = None
+        if eigvals is not None:
+            tol = 1e-6 * float(eigvals.abs().max().clamp(min=1e-30))
+            flat = eigvals <= tol
+            fixed = torch.where(flat, eigvals.new_tensor(fallback_scale**-2), eigvals)
+            cov = (eigvecs / fixed) @ eigvecs.T
+            scale_tril, info = torch.linalg.cholesky_ex(0.5 * (cov + cov.T))
+            if int(info) == 0:
+                warnings.warn(
+                    f"the Hessian of the Laplace warm start is not positive definite "
+                    f"({int(flat.sum())} of {dim} eigenvalues <= {tol:.3g}, the smallest "
+                    f"{float(eigvals.min()):.3g}): eigenvalue fallback, those directions start "
+                    f"at scale {fallback_scale:g} (init_scale), the others at the Laplace "
+                    "approximation",
+                    LaplaceFallbackWarning,
+                    stacklevel=3,
+                )
+                return loc, scale_tril.to(loc.dtype)
+    diag = h.diagonal()
+    good = torch.isfinite(diag) & (diag > 0)
+    sd = torch.where(good, diag.clamp(min=1e-300).rsqrt(), diag.new_tensor(fallback_scale))
+    warnings.warn(
+        f"the Hessian of the Laplace warm start is not usable ({int((~good).sum())} of {dim} "
+        "diagonal entries non-positive or non-finite): diagonal fallback, standard deviations "
+        f"from its diagonal where positive, else {fallback_scale:g} (init_scale), no correlations",
+        LaplaceFallbackWarning,
+        stacklevel=3,
+    )
+    return loc, torch.diag(sd).to(loc.dtype)

@@ -16,7 +16,7 @@ from .lipschitz import (
     LipSwish,
     lipschitz_norm,
 )
-from .made import MADE, ConditionalMADE
+from .made import MADE, ConditionalMADE, HiddenWidthWarning, widen_hidden_dims
 from .regularization import jacobian_frobenius, kinetic_energy, ode_regularization
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "ConditionalDenseNN",
     "ConditionalMADE",
     "DenseNN",
+    "HiddenWidthWarning",
     "Linearization",
     "MADE",
     "LipschitzConv2d",
@@ -45,4 +46,5 @@ __all__ = [
     "kinetic_energy",
     "lipschitz_norm",
     "ode_regularization",
+    "widen_hidden_dims",
 ]

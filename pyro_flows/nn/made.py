@@ -10,6 +10,7 @@ matmul per parameter, so each comes out as its own contiguous tensor.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,7 +18,47 @@ import torch
 from pyro.nn import AutoRegressiveNN, ConditionalAutoRegressiveNN
 from torch import Tensor, nn
 
-__all__ = ["MADE", "ConditionalMADE", "hidden_features"]
+__all__ = ["MADE", "ConditionalMADE", "HiddenWidthWarning", "hidden_features", "widen_hidden_dims"]
+
+
+class HiddenWidthWarning(UserWarning):
+    """Hidden layers narrower than a MADE's input were widened to the input size."""
+
+
+def widen_hidden_dims(input_dim: int, hidden_dims: Sequence[int]) -> list[int]:
+    r"""Hidden widths for a MADE over :math:`D` inputs: each layer at least :math:`D` wide.
+
+    A MADE gives each hidden unit a degree in :math:`\{1, \dots, D - 1\}` and connects it only
+    to inputs of lower or equal degree; a layer with fewer units than degrees leaves some
+    outputs blind to some of the inputs before them, so Pyro's MADE refuses widths below
+    :math:`D`. Here such widths are raised to :math:`D`, with a :class:`HiddenWidthWarning`,
+    instead: a width chosen for a small model then still works on a larger one.
+
+    Arguments:
+        input_dim: The number of inputs :math:`D` of the MADE.
+        hidden_dims: The requested widths.
+
+    Returns:
+        ``[max(h, input_dim) for h in hidden_dims]``.
+
+    Example:
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     widths = widen_hidden_dims(91, [64, 128])
+        >>> widths, caught[0].category.__name__
+        ([91, 128], 'HiddenWidthWarning')
+    """
+    hidden = [int(h) for h in hidden_dims]
+    wide = [max(h, input_dim) for h in hidden]
+    if wide != hidden:
+        warnings.warn(
+            f"hidden_dims {hidden} are narrower than the MADE's input ({input_dim}); widened to "
+            f"{wide}, since every hidden layer of a MADE needs at least input_dim units",
+            HiddenWidthWarning,
+            stacklevel=3,
+        )
+    return wide
 
 
 def _fast(net: ConditionalAutoRegressiveNN) -> bool:
@@ -116,8 +157,16 @@ class MADE(AutoRegressiveNN):
         | https://arxiv.org/abs/1603.05027
     """
 
-    def __init__(self, *args: Any, residual: bool = False, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        input_dim: int,
+        hidden_dims: Sequence[int],
+        *args: Any,
+        residual: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        hidden_dims = widen_hidden_dims(input_dim, hidden_dims)
+        super().__init__(input_dim, hidden_dims, *args, **kwargs)
         init_residual(self, residual, self.hidden_dims)
         if residual and not _fast(self):
             raise ValueError("residual=True needs param_dims of ones and no skip connections")
@@ -138,8 +187,17 @@ class ConditionalMADE(ConditionalAutoRegressiveNN):
         (True, torch.Size([5, 3]))
     """
 
-    def __init__(self, *args: Any, residual: bool = False, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        input_dim: int,
+        context_dim: int,
+        hidden_dims: Sequence[int],
+        *args: Any,
+        residual: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        hidden_dims = widen_hidden_dims(input_dim, hidden_dims)
+        super().__init__(input_dim, context_dim, hidden_dims, *args, **kwargs)
         init_residual(self, residual, self.hidden_dims)
         if residual and not _fast(self):
             raise ValueError("residual=True needs param_dims of ones and no skip connections")

@@ -281,11 +281,8 @@ def _made(
     residual: bool = False,
 ) -> nn.Module:
     check_positive_int(input_dim, "input_dim", minimum=2)
+    # widths below input_dim are widened by the MADE, with a HiddenWidthWarning
     hidden = check_hidden_dims(hidden_dims or [3 * input_dim + 1])
-    if min(hidden) < input_dim:
-        raise ValueError(
-            f"hidden_dims must all be >= input_dim ({input_dim}) for a MADE network, got {hidden}"
-        )
     perm = autoregressive_order(input_dim, order)
     if context_dim:
         return ConditionalMADE(
@@ -308,8 +305,9 @@ def maf(
 
     Arguments:
         input_dim: The event size :math:`D \ge 2`.
-        hidden_dims: Hidden sizes of the MADE network, each :math:`\ge D`
-            (default ``[3 * D + 1]``, as Pyro).
+        hidden_dims: Hidden sizes of the MADE network (default ``[3 * D + 1]``, as Pyro); a
+            MADE needs each :math:`\ge D`, so narrower ones are widened to :math:`D` with a
+            :class:`~pyro_flows.nn.made.HiddenWidthWarning`.
         order: ``"natural"``, ``"reverse"``, ``"random"`` or a permutation (see
             :func:`autoregressive_order`).
         log_scale_bound: The bound of the log-scale, or None.

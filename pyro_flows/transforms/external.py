@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torch.distributions.utils import _sum_rightmost
 
 from .._validation import check_choice, check_positive_int
+from ..nn.made import widen_hidden_dims
 from .base import ConditionalFlowTransform, FlowTransform, broadcast_context
 
 __all__ = [
@@ -175,6 +176,7 @@ def _spline_network(
     check_choice(order, _SPLINE_ORDERS, "order")
     check_positive_int(count_bins, "count_bins", minimum=2)
     hidden = [input_dim * 10, input_dim * 10] if hidden_dims is None else list(hidden_dims)
+    hidden = widen_hidden_dims(input_dim, hidden)  # Pyro's MADE refuses widths < input_dim
     param_dims = [count_bins, count_bins, count_bins - 1]
     if order == "linear":
         param_dims.append(count_bins)
