@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
+from ._progress import progress_bar
 from ._validation import as_rows, check_choice, check_last_dim, check_positive_int
 
 __all__ = [
@@ -185,6 +185,8 @@ def fit(
         raise ValueError(f"clip_grad_norm must be a positive number, got {clip_grad_norm!r}")
 
     x = as_rows(data, "data")
+    if x.shape[0] == 0:
+        raise ValueError(f"data is empty (shape {tuple(x.shape)}): nothing to fit")
     c = None if context is None else as_rows(context, "context")
     if c is not None and c.shape[0] != x.shape[0]:
         raise ValueError(
@@ -270,7 +272,7 @@ def fit(
 
     order = torch.randperm(num_train, generator=gen)
     pos = 0
-    bar = tqdm(total=num_steps, disable=not progress, desc="fit", dynamic_ncols=True)
+    bar = progress_bar(num_steps, "fit", progress)
     try:
         model.train()
         if xv is not None:

@@ -713,3 +713,12 @@ def test_plot_draws_at_most_twenty_columns_and_says_so():
         _shown(names, ",".join(names[:21]))
     with pytest.raises(CLIError, match="listed twice"):
         _shown(names, "v1,1")
+
+
+def test_progress_in_a_log_is_a_few_lines(data, tmp_path, capsys):
+    argv = ["fit", str(data), "--columns", "a,b", "--out", str(tmp_path / "m.pt")]
+    tiny = [a for a in TINY if a != "--no-progress"]
+    assert main([*argv, *tiny, "--steps", "200"]) == 0
+    err = capsys.readouterr().err  # not a terminal
+    assert "\r" not in err
+    assert 1 <= len(err.splitlines()) <= 3 and "200/200" in err.splitlines()[-1], err

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
+from .._progress import progress_bar
 from .._validation import (
     as_rows,
     check_choice,
@@ -272,7 +272,7 @@ def fit_flow_matching(
     optimizer = torch.optim.Adam(params, lr=lr)
     history = FlowMatchingHistory()
     order, pos = torch.randperm(n, generator=gen), 0
-    bar = tqdm(total=num_steps, disable=not progress, desc="flow matching", dynamic_ncols=True)
+    bar = progress_bar(num_steps, "flow matching", progress)
     was_training = field.training
     try:
         field.train()
