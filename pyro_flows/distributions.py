@@ -239,7 +239,20 @@ class NormalizingFlow(nn.Module):
         std = self.standardization
         return std if std is not None and bool(self.standardized) else None
 
+    def _cast(self, t: Tensor, name: str) -> Tensor:
+        """``t`` in the flow's dtype: real or integer values of another dtype are cast to it."""
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        dtype = self.base_loc.dtype
+        if t.dtype == dtype:
+            return t
+        if t.dtype.is_complex or t.dtype == torch.bool:
+            raise ValueError(f"{name} has dtype {t.dtype}; the flow takes real values ({dtype})")
+        return t.to(dtype)
+
     def _transform(self, context: Tensor | None) -> nn.Module:
+        if context is not None:
+            context = self._cast(context, "context")
         if not self.conditional:
             if context is not None:
                 raise ValueError("context was given but this flow is not conditional")
@@ -275,8 +288,10 @@ class NormalizingFlow(nn.Module):
         building the distribution objects (the input checks here make torch's redundant). The
         flow's last draw (``x`` itself, from :meth:`rsample` or :meth:`sample`, with the same
         context and unchanged parameters) is scored from its saved noise and log-determinant,
-        with no pass at all: an IAF scores its own samples for free.
+        with no pass at all: an IAF scores its own samples for free. ``x`` and ``context`` of
+        another dtype (float64 data for a float32 flow, integers) are cast to the flow's.
         """
+        x = self._cast(x, "x")
         check_last_dim(x, self.input_dim, "x")
         check_finite(x, "x")
         z_and_ladj = self._draw_hit(x, context)
@@ -293,6 +308,7 @@ class NormalizingFlow(nn.Module):
 
     def inverse(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         r"""Maps data to base noise, :math:`z = f_c^{-1}(x)`, shape ``x.shape``."""
+        x = self._cast(x, "x")
         check_last_dim(x, self.input_dim, "x")
         check_finite(x, "x")
         z_and_ladj = self._draw_hit(x, context)
