@@ -722,3 +722,18 @@ def test_progress_in_a_log_is_a_few_lines(data, tmp_path, capsys):
     err = capsys.readouterr().err  # not a terminal
     assert "\r" not in err
     assert 1 <= len(err.splitlines()) <= 3 and "200/200" in err.splitlines()[-1], err
+
+
+def test_readme_lists_the_flow_choices_of_the_parser():
+    import re
+
+    from pyro_flows.cli import build_parser
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("## Command line", 1)[1].split("\n## ", 1)[0]
+    listed = re.search(r"`--flow` is one of (.*?);", section, re.S)[1]
+    names = set(re.findall(r"`(\w+)`", listed))
+    fit = build_parser()._subparsers._group_actions[0].choices["fit"]
+    choices = next(a for a in fit._actions if a.dest == "flow").choices
+    assert names == set(choices)
+    assert "--steps" in section and "exit status" in section.lower()
