@@ -243,7 +243,13 @@ class NormalizingFlow(nn.Module):
         """``t`` in the flow's dtype: real or integer values of another dtype are cast to it."""
         if not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        dtype = self.base_loc.dtype
+        if t.dtype == self.base_loc.dtype:
+            return t
+        # the layers' precision (a flow may keep its base buffers in another one)
+        dtype = next(
+            (v.dtype for v in self.transform.state_dict().values() if v.is_floating_point()),
+            self.base_loc.dtype,
+        )
         if t.dtype == dtype:
             return t
         if t.dtype.is_complex or t.dtype == torch.bool:

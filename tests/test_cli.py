@@ -386,6 +386,12 @@ CASES = {
         ["--residual needs at least two hidden layers of one width", "got [8]"],
         1,
     ),
+    "hidden sizes for a family without networks": (
+        # TINY's --hidden 8 applies to the spline chosen for one column.
+        lambda bad: ["fit", bad("t.csv", ["a", "b", "c"], good_rows()), "--columns", "a"],
+        ["--flow spline has no hidden layers, so it takes no --hidden", "leave out --hidden"],
+        1,
+    ),
     "unknown flow": (
         lambda bad: ["fit", bad("t.csv", ["a", "b", "c"], good_rows()), "--flow", "naf"],
         ["argument --flow: invalid choice: 'naf'"],
