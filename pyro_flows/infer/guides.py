@@ -181,9 +181,23 @@ class AutoFlowGuide(AutoContinuous):
     :math:`m` starts at ``init_loc_fn``'s value (mapped to the unconstrained space) and
     :math:`S` at ``init_scale`` times the identity, so at step 0 the guide is close to
     :math:`N(m, \text{init\_scale}^2 I)` pushed through a freshly initialised flow. The
-    default scale 1 is that of Pyro's flow guides; on the funnel and logistic regression
-    examples it fits faster than the 0.1 of :class:`~pyro.infer.autoguide.AutoNormal` (reverse
-    KL grows a too-narrow start slowly).
+    default start, :func:`init_to_centre`, is each real site's prior mean and the unconstrained
+    zero elsewhere (a scale at 1): deterministic, unlike Pyro's ``init_to_median``, whose
+    medians of 15 prior draws put the group effects of a hierarchical model with vague priors
+    tens of units away, farther than an optimizer travels in thousands of steps. The default
+    scale 1 is that of Pyro's flow guides; on the funnel and logistic regression examples it
+    fits faster than the 0.1 of :class:`~pyro.infer.autoguide.AutoNormal` (reverse KL grows a
+    too-narrow start slowly).
+
+    Widths follow the dimension :math:`D` of the latent vector. The default networks of the
+    MADE families (``"iaf"``, ``"maf"``) have one hidden layer of :math:`3D + 1` units (as
+    Pyro's :class:`~pyro.infer.autoguide.AutoIAFNormal`); coupling families default to
+    :math:`10D`. A MADE needs every hidden layer at least :math:`D` wide, so narrower
+    ``hidden_dims`` (say ``[64, 64]`` for a 91-latent model) are widened to :math:`D` with a
+    :class:`~pyro_flows.nn.made.HiddenWidthWarning`, for every user of the MADE helpers. Train
+    with :func:`~pyro_flows.infer.fit_svi`: a step whose loss or gradient is not finite is
+    skipped and the learning rate halved, with one warning that counts them, and a run of them
+    stops with an error that names the parameters.
 
     Warning:
         On tightly identified posteriors far from the initial point (posterior standard
@@ -216,8 +230,10 @@ class AutoFlowGuide(AutoContinuous):
             :class:`~pyro.infer.autoguide.AutoNormalizingFlow`); a factory is used forwards
             unless ``direction="inverse"``.
         num_layers: The number of layers of a named flow.
-        hidden_dims: The hidden sizes of each layer's network (for families that have one).
-        init_loc_fn: A per-site initialisation function, as in Pyro's autoguides.
+        hidden_dims: The hidden sizes of each layer's network (for families that have one);
+            by default they grow with the dimension (see above).
+        init_loc_fn: A per-site initialisation function, as in Pyro's autoguides (default
+            :func:`init_to_centre`).
         init_scale: The initial scale of :math:`S`.
         affine: ``"diagonal"``, ``"full"`` or ``"none"``.
         direction: ``"auto"``, ``"forward"`` or ``"inverse"`` (see :func:`guide_direction`).
@@ -227,6 +243,9 @@ class AutoFlowGuide(AutoContinuous):
             Adam steps (a MAP fit, then the Gaussian of the Hessian there) and starts
             :math:`(m, S)` at it (:meth:`init_from`): the cure for tight posteriors far from the
             initial point. Needs an affine map (``"full"`` keeps the correlations).
+            If the Hessian at the MAP is not positive definite, directions without curvature
+            start at ``init_scale`` (or, failing that, a diagonal from the Hessian's diagonal),
+            with a :class:`LaplaceFallbackWarning`.
         warm_start_lr: The learning rate of that MAP fit.
         flow_kwargs: Passed to :func:`~pyro_flows.flows.build` (e.g. ``permutation``,
             ``log_scale_bound``, ``count_bins``).
