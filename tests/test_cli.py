@@ -127,7 +127,13 @@ def test_conditional_fit(data, tmp_path, capsys):
     np.testing.assert_allclose(
         values[:, 2], np.genfromtxt(data, delimiter=",", skip_header=1, usecols=2), atol=1e-6
     )
+    capsys.readouterr()
     assert main(["plot", str(out), str(data), "--out", str(tmp_path / "c.png")]) == 0
+    assert "against 2100 model samples" in capsys.readouterr().out  # 7 at each of 300 rows
+    # the context is drawn too, and can be chosen like the data columns
+    argv = ["plot", str(out), str(data), "--out", str(tmp_path / "c.png"), "--columns", "a,c"]
+    assert main(argv) == 0
+    assert "(2 of 3 columns)" in capsys.readouterr().out
 
     capsys.readouterr()
     assert main(["sample", str(out), "--out", str(tmp_path / "x.csv")]) == 1

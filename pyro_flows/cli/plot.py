@@ -36,8 +36,8 @@ def register_subcommand(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--columns",
         metavar="COLS",
-        help=f"the model's columns to draw (names or 0-based positions among them; default: "
-        f"all, up to {MAX_COLUMNS})",
+        help=f"the model's columns to draw, data then context (names or 0-based positions "
+        f"among them; default: all, up to {MAX_COLUMNS})",
     )
     p.add_argument("-n", type=positive_int, default=2000, help="at most this many data rows")
     p.add_argument(
@@ -104,7 +104,10 @@ def run(args: argparse.Namespace) -> int:
     )
     est = load_model(args.model)
     names = est.feature_names_in_ or [str(j) for j in range(est.n_features_in_)]
-    shown, note = _shown(names, args.columns)
+    cnames = est.context_names_in_ or [str(j) for j in range(est.context_dim_ or 0)]
+    # a conditional model is drawn with its context columns: the model's rows are its
+    # samples next to the contexts they were drawn at
+    shown, note = _shown(names + cnames, args.columns)
     table = read_table(args.data, key=args.key, header=args.header, delimiter=args.delimiter)
     cols, ctx = model_columns(est, table, None, None, args.model)
     x = numeric(table, cols)
@@ -120,11 +123,14 @@ def run(args: argparse.Namespace) -> int:
     else:  # draws at every data row's context, as many at each
         per_row = math.ceil(num_samples / x.shape[0])
         s = est.sample(per_row, c, seed=args.seed).reshape(-1, est.n_features_in_)
+        s = np.concatenate([s, np.tile(c, (per_row, 1))], axis=1)
+        x = np.concatenate([x, c], axis=1)
     s = s[np.isfinite(s).all(1)]
     if s.shape[0] == 0:
         raise CLIError(f"{args.model}: no model sample is finite; nothing to plot")
+    labels = names + [f"{n} (context)" for n in cnames]
     fig = corner_figure(
-        x[:, shown], s[:, shown], [names[j] for j in shown], est.history_, table.path
+        x[:, shown], s[:, shown], [labels[j] for j in shown], est.history_, table.path
     )
     fmt = out.suffix.lower()[1:]
     _atomic_write(out, lambda f: fig.savefig(f, format=fmt, dpi=args.dpi))
