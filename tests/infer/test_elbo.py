@@ -81,7 +81,7 @@ def gradients(elbo, model, guide, *args, **kwargs):
     )
 
 
-def gradient_variance(elbo, model, guide, *args, draws=100, **kwargs):
+def gradient_variance(elbo, model, guide, *args, draws=50, **kwargs):
     grads = torch.stack([gradients(elbo, model, guide, *args, **kwargs) for _ in range(draws)])
     return grads.var(0).max().item()
 
@@ -316,7 +316,7 @@ def test_svi_converges_to_the_posterior(data, elbo):
 def test_flow_guide_trains_with_stl(data):
     guide = AutoFlowGuide(conjugate_model, "affine_coupling", num_layers=2, hidden_dims=[8])
     elbo = TraceSTL_ELBO(num_particles=4, vectorize_particles=True)
-    losses = fit_svi(conjugate_model, guide, data, num_steps=300, lr=0.02, elbo=elbo)
+    losses = fit_svi(conjugate_model, guide, data, num_steps=200, lr=0.03, elbo=elbo)
     mean, sd = posterior(data)
     draws = guide.sample_posterior(4000, data)["z"]
     assert all(math.isfinite(v) for v in losses)
