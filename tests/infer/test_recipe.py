@@ -29,7 +29,7 @@ def test_fit_guide_recovers_a_conjugate_posterior():
     assert abs(math.log(draws["mu"].std().item() / sd)) < 0.15
     assert abs(draws["free"].std().item() - 2.0) < 0.2
     assert fit.pareto_k < 0.7 and math.isfinite(fit.elbo) and fit.iw_elbo >= fit.elbo - 1e-9
-    assert fit.choices["flow"] == "affine_coupling" and fit.choices["estimator"] == "stl"
+    assert fit.choices["flow"] == "iaf" and fit.choices["estimator"] == "elbo"
     assert fit.choices["lr"] in fit.choices["search"]
     # the budget is the one given: search, warm start and fit together
     assert len(fit.losses) <= 200
@@ -43,7 +43,7 @@ def test_fit_guide_one_latent_uses_a_one_dimensional_family():
     pyro.set_rng_seed(0)
     pyro.clear_param_store()
     fit = fit_guide(model, num_steps=120, num_samples=2000, progress=False)
-    assert fit.choices["flow"] == "spline"
+    assert fit.choices["flow"] == "planar"
     assert abs(fit.resample()["x"].mean().item() - 1.5) < 0.15
 
 
@@ -66,3 +66,14 @@ def test_recipe_widths_follow_the_dimension():
     assert recipe_flow_size(1)[1] == [32, 32]
     assert recipe_flow_size(90)[1] == [180, 180]
     assert recipe_flow_size(1000)[1] == [256, 256]
+
+
+def test_fit_guide_auto_estimator_is_stl_for_one_pass_inverses():
+    pyro.set_rng_seed(0)
+    pyro.clear_param_store()
+    y = torch.tensor([0.3, 1.1], dtype=torch.float64)
+    fit = fit_guide(
+        conjugate, y, flow="affine_coupling", num_steps=60, num_samples=200, progress=False,
+        warm_start=False,
+    )
+    assert fit.choices["estimator"] == "stl" and fit.choices["start"] == "default"
