@@ -20,7 +20,7 @@ from pyro_flows.infer import AutoFlowGuide, SkippedStepsWarning, fit_svi
 from pyro_flows.infer.guides import LaplaceFallbackWarning, _laplace_gaussian
 from pyro_flows.nn import HiddenWidthWarning
 
-# -- a hierarchical model with 248 group effects, a mean and a spread: 250 latents -------------
+# -- a hierarchical model with 248 group effects, a mean and a spread: 250 latents ----------------
 GROUPS = 248
 
 
@@ -107,7 +107,7 @@ def test_laplace_gaussian_fallbacks():
         _laplace_gaussian(torch.tensor([math.nan, 0.0]), h)
 
 
-# -- fit_svi's guard against non-finite steps -------------------------------------------------------
+# -- fit_svi's guard against non-finite steps -----------------------------------------------------
 def normal_model():
     pyro.sample("x", dist.Normal(torch.zeros(3), 1.0).to_event(1))
 
@@ -191,7 +191,7 @@ def test_fit_svi_takes_any_elbo():
         fit_svi(normal_model, guide, num_steps=1, elbo="trace")
 
 
-# -- widths below the input size are widened, with a warning ---------------------------------------
+# -- widths below the input size are widened, with a warning --------------------------------------
 @pytest.mark.parametrize("make", [T.maf, T.iaf])
 def test_narrow_made_widths_are_widened(make):
     with pytest.warns(HiddenWidthWarning, match=r"\[3, 8\] are narrower .* \(6\); widened to"):
