@@ -212,7 +212,7 @@ def masked_spline_autoregressive(
     input_dim: int,
     hidden_dims: Sequence[int] | None = None,
     count_bins: int = 8,
-    bound: float = 3.0,
+    bound: float = 5.0,
     order: str = "linear",
     identity_init: bool = True,
 ) -> PyroTransform:
@@ -228,7 +228,10 @@ def masked_spline_autoregressive(
         input_dim: The event size :math:`D \ge 2`.
         hidden_dims: Hidden layer sizes of the MADE network (Pyro's default ``[10D, 10D]``).
         count_bins: The number of spline bins :math:`K \ge 2`.
-        bound: The half-width :math:`B` of the spline's interval.
+        bound: The half-width :math:`B` of the spline's interval (the identity outside).
+            The default 5 covers standardised data (what :func:`~pyro_flows.training.fit`
+            feeds a :class:`~pyro_flows.distributions.NormalizingFlow`) out to five robust
+            standard deviations, which helps heavy tails (docs/benchmarks.md).
         order: ``"linear"`` (linear-rational, Dolatabadi et al., 2020; Pyro's default) or
             ``"quadratic"`` (rational-quadratic, Durkan et al., 2019, as zuko's ``NSF``).
         identity_init: Start every spline at the identity (uniform bins, unit slopes), as
@@ -257,7 +260,7 @@ def conditional_masked_spline_autoregressive(
     context_dim: int,
     hidden_dims: Sequence[int] | None = None,
     count_bins: int = 8,
-    bound: float = 3.0,
+    bound: float = 5.0,
     order: str = "linear",
     identity_init: bool = True,
 ) -> ConditionalPyroTransform:
