@@ -207,12 +207,16 @@ def _diagnose(
     bad: list[int], streak: int, loss: float, params: set[torch.Tensor], error: Exception | None
 ) -> str:
     store = pyro.get_param_store()
-    # PyroModule stores a plain nn.Module's parameters as "Guide.child$$$sub.weight"
-    names = sorted(
-        store.param_name(p).replace("$$$", ".")
-        for p in params
-        if p.grad is not None and not bool(torch.isfinite(p.grad).all())
-    )
+
+    def named(tensors: list[torch.Tensor]) -> str:
+        # PyroModule stores a plain nn.Module's parameters as "Guide.child$$$sub.weight"
+        names = sorted(store.param_name(p).replace("$$$", ".") for p in tensors)
+        more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+        return ", ".join(names[:5]) + more
+
+    bad_grads = [p for p in params if p.grad is not None and not bool(p.grad.isfinite().all())]
+    # fit_svi never writes a non-finite value, but a parameter may arrive so
+    bad_values = [p for p in params if not bool(p.detach().isfinite().all())]
     first = bad[-streak]
     head = f"SVI had {streak} non-finite steps in a row, from step {first} to step {bad[-1]}: "
     if error is not None:
@@ -221,9 +225,10 @@ def _diagnose(
         what = f"the loss was {loss}"
     else:
         what = "the loss was finite but not every gradient"
-    if names:
-        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-        what += f"; non-finite gradients of {shown}"
+    if bad_values:
+        what += f"; non-finite values of {named(bad_values)}"
+    if bad_grads:
+        what += f"; non-finite gradients of {named(bad_grads)}"
     return (
         f"{head}{what}. Lower lr, start from a fitted Gaussian (AutoFlowGuide(..., warm_start="
         "1000) or init_from), or use a smaller init_scale; check the model for values that "

@@ -171,6 +171,11 @@ def test_persistent_non_finite_gradients_raise_naming_the_parameter():
     with pytest.raises(FloatingPointError, match=f"5 non-finite steps in a row.*{name}.*lr"):
         fit_svi(normal_model, guide, num_steps=30, max_bad_steps=5)
     assert "flow" in name and all(bool(torch.isfinite(p).all()) for p in guide.parameters())
+    # a parameter that arrives NaN makes the guide's distributions invalid: named too
+    with torch.no_grad():
+        first_weight(guide)[0, 0] = math.nan
+    with pytest.raises(FloatingPointError, match=f"invalid.*non-finite values of {name}"):
+        fit_svi(normal_model, guide, num_steps=30, max_bad_steps=3)
 
 
 def test_fit_svi_takes_any_elbo():
