@@ -220,7 +220,9 @@ def _diagnose(
     first = bad[-streak]
     head = f"SVI had {streak} non-finite steps in a row, from step {first} to step {bad[-1]}: "
     if error is not None:
-        what = f"a distribution got invalid (NaN) parameters ({str(error).splitlines()[0]})"
+        lines = str(error).splitlines()
+        line = next((x for x in lines if "invalid values" in x), lines[0] if lines else "")
+        what = f"a distribution got invalid (NaN) values ({line.strip()[:200]})"
     elif not math.isfinite(loss):
         what = f"the loss was {loss}"
     else:
