@@ -8,7 +8,9 @@ Transforms on other event shapes (images) give ``event(D)``, the input event sha
 suite sweeps D. Outputs may have another event shape (``t.forward_shape``, e.g. a squeeze).
 """
 
+import inspect
 import io
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -25,7 +27,7 @@ from pyro.infer.autoguide import AutoNormalizingFlow
 from pyro.optim import Adam
 
 import pyro_flows.transforms as T
-from pyro_flows.flows import build
+from pyro_flows.flows import _ALIASES, FAMILIES, build
 
 CONTEXT_DIM = 3
 DIMS = (1, 2, 5, 16)
@@ -91,6 +93,7 @@ TRANSFORMS = {
         lambda d: T.affine_coupling(d, hidden_dims=[24, 24], residual=True), min_dim=2
     ),
     "permutation": Case(T.permutation, min_dim=1),
+    "reverse": Case(T.reverse),
     "conditional_affine_coupling": Case(
         lambda d: T.conditional_affine_coupling(d, CONTEXT_DIM, hidden_dims=[24]), min_dim=2
     ),
@@ -121,6 +124,14 @@ TRANSFORMS = {
         min_dim=2,
         **PYRO_SPLINE,
     ),
+    "masked_spline_autoregressive": Case(
+        lambda d: T.masked_spline_autoregressive(d, hidden_dims=[24]), min_dim=2, **PYRO_SPLINE
+    ),
+    "conditional_masked_spline_autoregressive": Case(
+        lambda d: T.conditional_masked_spline_autoregressive(d, CONTEXT_DIM, hidden_dims=[24]),
+        min_dim=2,
+        **PYRO_SPLINE,
+    ),
     "build_nsf": Case(lambda d: build("nsf", d, 2), min_dim=2, **PYRO_SPLINE),
     "build_conditional_nsf": Case(
         lambda d: build("nsf", d, 2, context_dim=CONTEXT_DIM), min_dim=2, **PYRO_SPLINE
@@ -143,6 +154,10 @@ TRANSFORMS = {
     "conditional_iresnet": Case(
         lambda d: T.conditional_iresnet(d, CONTEXT_DIM, hidden_dims=[16], estimator="exact")
     ),
+    "conditional_residual_flow": Case(
+        lambda d: T.conditional_residual_flow(d, CONTEXT_DIM, hidden_dims=[16], estimator="exact")
+    ),
+    "conv_iresnet": image(lambda s: T.conv_iresnet(s, hidden_channels=[4], estimator="exact")),
     # ODE flows: accurate to the solver's tolerances (solves are costly: up to 5-D); fixed
     # steps for the conditional one keep rows bit-independent under different batchings
     "ffjord": Case(
@@ -169,6 +184,9 @@ TRANSFORMS = {
     "invertible_conv1x1_image": image(T.invertible_conv1x1),
     "invertible_conv1x1_plain_image": image(lambda s: T.invertible_conv1x1(s, lu=False)),
     "image_affine_coupling": image(lambda s: T.image_affine_coupling(s, hidden_channels=[8])),
+    "conditional_image_affine_coupling": image(
+        lambda s: T.conditional_image_affine_coupling(s, CONTEXT_DIM, hidden_channels=[8])
+    ),
     "squeeze": image(T.squeeze),
     # the data-end standardisation of NormalizingFlow (statistics as buffers)
     "standardization": Case(
@@ -178,7 +196,7 @@ TRANSFORMS = {
 }
 NAMES = list(TRANSFORMS)
 INVERTIBLE = [n for n in NAMES if TRANSFORMS[n].invertible]
-PARAMETER_FREE = ("permutation", "squeeze", "standardization")  # nothing to train
+PARAMETER_FREE = ("permutation", "reverse", "squeeze", "standardization")  # nothing to train
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -193,14 +211,21 @@ def make_module(name, dim, seed=0):
     return module
 
 
-def context_for(batch, seed=2):
+def context_shape(module):
+    """The context event shape of a conditional module (an image for image couplings)."""
+    if isinstance(module, T.ConditionalImageAffineCoupling):
+        return (module.context_channels, *module.event_shape[1:])
+    return (CONTEXT_DIM,)
+
+
+def context_for(batch, seed=2, shape=(CONTEXT_DIM,)):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(*batch, CONTEXT_DIM, generator=g, dtype=torch.float64)
+    return torch.randn(*batch, *shape, generator=g, dtype=torch.float64)
 
 
 def as_transform(module, batch=()):
     if isinstance(module, ConditionalTransformModule):
-        return module.condition(context_for(batch))
+        return module.condition(context_for(batch, shape=context_shape(module)))
     return module
 
 
@@ -378,7 +403,6 @@ def test_sample_shapes_and_gradients(name):
 def test_svi_with_flow_guide(name):
     dim = 3
     module = make_module(name, dim)
-    context = context_for(())
     shape, out = shapes(name, dim)
     n = torch.Size(out).numel()
     target = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64).repeat(n)[:n].reshape(out)
@@ -386,16 +410,29 @@ def test_svi_with_flow_guide(name):
     def model():
         pyro.sample("z", dist.Normal(target, 0.5).to_event(len(out)))
 
+    def flow():
+        return dist.TransformedDistribution(base_dist(shape), [as_transform(module)])
+
     def guide():
         pyro.module("flow", module)
-        pyro.sample("z", dist.TransformedDistribution(base_dist(shape), [as_transform(module)]))
+        pyro.sample("z", flow())
+
+    # The ELBO Pyro computes (the guide scoring its own draw) is the one the flow defines on
+    # the same draw as a fresh tensor, so SVI optimises the flow's own density.
+    pyro.set_rng_seed(11)
+    loss = Trace_ELBO().loss(model, guide)
+    pyro.set_rng_seed(11)
+    q = flow()
+    z = q.rsample()
+    fresh = z.detach().clone() if TRANSFORMS[name].invertible else z
+    expected = q.log_prob(fresh) - dist.Normal(target, 0.5).to_event(len(out)).log_prob(fresh)
+    assert abs(loss - expected.item()) < 1e-6 * max(1.0, abs(loss))
 
     before = [p.detach().clone() for p in module.parameters()]
     svi = SVI(model, guide, Adam({"lr": 1e-2}), Trace_ELBO())
     losses = [svi.step() for _ in range(3)]
     assert all(torch.isfinite(torch.tensor(losses)))
     assert any(not torch.equal(a, b) for a, b in zip(before, module.parameters(), strict=True))
-    assert context is not None
 
 
 @pytest.mark.parametrize("name", ["affine_coupling", "maf", "iaf", "build_spline_coupling"])
@@ -437,21 +474,23 @@ CONDITIONAL = [n for n in NAMES if isinstance(TRANSFORMS[n].make(2), Conditional
 
 @pytest.mark.parametrize("name", CONDITIONAL)
 def test_conditional_contexts(name):
-    dim = 4
+    dim = min(4, TRANSFORMS[name].max_dim)
     module = make_module(name, dim)
-    contexts = context_for((7,))
-    x = data((7,), dim)
+    shape, out = shapes(name, dim)
+    cshape = context_shape(module)
+    contexts = context_for((7,), shape=cshape)
+    x = data((7,), shape)
     batched = module.condition(contexts)(x)
     rows = torch.stack([module.condition(contexts[i])(x[i]) for i in range(7)])
     assert torch.allclose(batched, rows, rtol=0, atol=1e-12)
     assert (batched[0] - module.condition(contexts[1])(x[0])).abs().max() > 1e-6
     # one context for the whole batch, and one point under many contexts
-    assert module.condition(contexts[0])(x).shape == (7, dim)
-    assert module.condition(contexts)(x[0]).shape == (7, dim)
+    assert module.condition(contexts[0])(x).shape == (7, *out)
+    assert module.condition(contexts)(x[0]).shape == (7, *out)
     with pytest.raises(ValueError, match="context"):
         module.condition(None)
     with pytest.raises(ValueError, match="context"):
-        module.condition(torch.zeros(7, CONTEXT_DIM + 1, dtype=torch.float64))
+        module.condition(torch.zeros(7, cshape[0] + 1, *cshape[1:], dtype=torch.float64))
 
 
 # -- 9. no stale cache (Pyro issue #2564) -------------------------------------------------------
@@ -504,9 +543,69 @@ def test_float32_works(name):
     module = TRANSFORMS[name].make(dim)
     t = as_transform(module, (5,))
     if isinstance(module, ConditionalTransformModule):
-        t = module.condition(context_for((5,)).float())
+        t = module.condition(context_for((5,), shape=context_shape(module)).float())
     x = data((5,), TRANSFORMS[name].event(dim)).float()
     y = t(x)
     assert y.dtype == torch.float32 and torch.isfinite(t.log_abs_det_jacobian(x, y)).all()
     if TRANSFORMS[name].invertible:
         assert (t.inv(y.clone()) - x).abs().max() < 1e-3
+
+
+# -- 11. registry completeness ------------------------------------------------------------------
+def has_case(name):
+    """Whether ``TRANSFORMS`` holds a case ``name`` or a variant of it (``name_...``)."""
+    return any(n == name or n.startswith(name + "_") for n in NAMES)
+
+
+def is_helper(name):
+    """Whether ``pyro_flows.transforms.<name>`` builds a layer (its return type says so)."""
+    returns = typing.get_type_hints(getattr(T, name)).get("return")
+    layer = (torch.distributions.Transform, ConditionalTransformModule)
+    return inspect.isclass(returns) and issubclass(returns, layer)
+
+
+HELPERS = [n for n in T.__all__ if n[0].islower() and is_helper(n)]
+
+
+def test_registry_covers_every_helper():
+    assert {"maf", "conditional_maf", "glow_step", "squeeze"} <= set(HELPERS)
+    assert not {"coupling_mask", "conv_net", "precise_softplus"} & set(HELPERS)
+    missing = [n for n in HELPERS if not has_case(n)]
+    assert not missing, f"helpers without a contract case in TRANSFORMS: {missing}"
+
+
+def test_registry_covers_every_family():
+    def covered(key):
+        names = [key] + [alias for alias, target in _ALIASES.items() if target == key]
+        by_build = any(f"build_{n}" in NAMES or f"build_conditional_{n}" in NAMES for n in names)
+        return by_build or has_case(key) or has_case(FAMILIES[key].make.__name__)
+
+    missing = [key for key in FAMILIES if not covered(key)]
+    assert not missing, f"FAMILIES without a contract case in TRANSFORMS: {missing}"
+
+
+# -- 12. train and eval modes give the same map -------------------------------------------------
+# Layers with a stochastic log-det estimate in train mode (i-ResNet's Hutchinson/Russian-roulette
+# estimators) are registered with estimator="exact", so every case must agree across modes.
+@pytest.mark.parametrize("name", NAMES)
+def test_train_and_eval_give_the_same_map(name):
+    dim, batch = min(3, TRANSFORMS[name].max_dim), (4,)
+    if dim < TRANSFORMS[name].min_dim:
+        dim = TRANSFORMS[name].min_dim
+    module = make_module(name, dim)
+    shape, out = shapes(name, dim)
+    x, y0 = data(batch, shape), data(batch, out, seed=4)
+    results = {}
+    for mode in (True, False):
+        module.train(mode)
+        t = as_transform(module, batch)
+        y = t(x.clone())
+        ladj = t.log_abs_det_jacobian(x.clone(), y.clone())
+        x0 = t.inv(y0.clone()) if TRANSFORMS[name].invertible else None
+        results[mode] = (y, ladj, x0)
+    (y_tr, ladj_tr, x0_tr), (y_ev, ladj_ev, x0_ev) = results[True], results[False]
+    tol = TRANSFORMS[name].ladj_atol
+    assert (y_tr - y_ev).abs().max() < TRANSFORMS[name].atol
+    assert (ladj_tr - ladj_ev).abs().max() < tol
+    if TRANSFORMS[name].invertible:
+        assert (x0_tr - x0_ev).abs().max() < TRANSFORMS[name].atol
