@@ -526,7 +526,9 @@ def psis_diagnostic(
     model: Callable[..., Any],
     guide: Callable[..., Any],
     *args: Any,
-    num_samples: int = 1000,
+    num_samples: int | None = None,
+    num_particles: int | None = None,
+    max_simultaneous_particles: int | None = None,
     **kwargs: Any,
 ) -> float:
     r"""PSIS :math:`\hat k` of a guide for a model: does the guide cover the posterior?
@@ -542,9 +544,25 @@ def psis_diagnostic(
         model: A Pyro model.
         guide: A guide for it.
         args: The arguments of the model and the guide.
-        num_samples: The number of draws.
+        num_samples: The number of draws (default 1000).
+        num_particles: Pyro's name for ``num_samples`` (as in
+            :func:`pyro.infer.importance.psis_diagnostic`); give one of the two.
+        max_simultaneous_particles: Pyro's name for ``chunk_size`` (the most draws traced at
+            once); give one of the two.
         kwargs: Keyword arguments of the model and guide, and of :func:`importance_sample`
             (``max_plate_nesting``, ``vectorize``, ``chunk_size``).
+
+    Raises:
+        TypeError: If both a name and its Pyro alias are given.
+
+    Example:
+        >>> import pyro.distributions as dist
+        >>> def model():
+        ...     pyro.sample("x", dist.Normal(0.0, 1.0))
+        >>> def guide():
+        ...     pyro.sample("x", dist.Normal(0.0, 1.0))
+        >>> psis_diagnostic(model, guide, num_particles=200) < 0.5  # exact guide: equal weights
+        True
 
     References:
         | Yes, but Did It Work?: Evaluating Variational Inference (Yao et al., 2018)
@@ -552,7 +570,22 @@ def psis_diagnostic(
         | Pareto Smoothed Importance Sampling (Vehtari et al., 2024)
         | https://arxiv.org/abs/1507.02646
     """
+    num_samples = _one_of(num_samples, "num_samples", num_particles, "num_particles", 1000)
+    if max_simultaneous_particles is not None:
+        chunk = kwargs.pop("chunk_size", None)
+        kwargs["chunk_size"] = _one_of(
+            chunk, "chunk_size", max_simultaneous_particles, "max_simultaneous_particles", None
+        )
     return importance_sample(model, guide, *args, num_samples=num_samples, **kwargs).pareto_k()
+
+
+def _one_of(value: Any, name: str, alias: Any, alias_name: str, default: Any) -> Any:
+    """``value``, or its Pyro-named ``alias``, or ``default``; both given is a TypeError."""
+    if alias is None:
+        return default if value is None else value
+    if value is not None:
+        raise TypeError(f"give {name} or its alias {alias_name} (Pyro's name), not both")
+    return alias
 
 
 def importance_weighted_elbo(
