@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -128,7 +128,9 @@ class _Autoregressive(FlowTransform):
             scale = squashed.mul_(self.log_scale_bound).exp_()
         return shift.addcmul_(v, scale), ladj
 
-    def _solve(self, target: Tensor, step: callable) -> tuple[Tensor, Tensor]:
+    def _solve(
+        self, target: Tensor, step: Callable[[Tensor, Tensor, Tensor], Tensor]
+    ) -> tuple[Tensor, Tensor]:
         # Pass k fixes the k-th variable in the order, so D passes give the exact solution;
         # the log-scales of the last pass were computed from exact prefixes, hence exact too.
         v = torch.zeros_like(target)
