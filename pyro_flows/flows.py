@@ -105,7 +105,7 @@ _ALIASES = {
 
 
 def register_family(name: str, family: Family) -> None:
-    """Makes a family available to :func:`build` under ``name`` (later issues add theirs here)."""
+    """Makes a family available to :func:`build` under ``name``."""
     FAMILIES[name] = family
 
 
@@ -145,11 +145,13 @@ def build(
 
     Arguments:
         name: A key of :data:`FAMILIES` (``"planar"``, ``"radial"``, ``"affine_coupling"``,
-            ``"maf"``, ``"iaf"``, ``"glow"``, Pyro's ``"spline"``, ``"spline_coupling"``,
-            ``"spline_autoregressive"`` and, used backwards (one-pass density),
-            ``"masked_spline_autoregressive"``, ``"neural_autoregressive"``,
-            ``"block_autoregressive"``) or an alias (``"realnvp"``, ``"nsf"`` for
-            ``"masked_spline_autoregressive"``, ``"naf"``, ``"bnaf"``).
+            ``"maf"``, ``"iaf"``, ``"ffjord"``, ``"glow"``, ``"iresnet"``,
+            ``"residual_flow"``; Pyro's ``"spline"``, ``"spline_coupling"``,
+            ``"spline_autoregressive"``; Pyro's spline autoregressive used backwards, one-pass
+            density: ``"masked_spline_autoregressive"``; Pyro's ``"neural_autoregressive"`` and
+            ``"block_autoregressive"``, which have no inverse and score only their own samples)
+            or an alias (``"realnvp"``, ``"nsf"`` for ``"masked_spline_autoregressive"``,
+            ``"naf"``, ``"bnaf"``).
         input_dim: The event size :math:`D`.
         num_layers: How many layers :math:`K`.
         context_dim: The context size for a conditional flow, or None.
