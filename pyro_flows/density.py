@@ -306,8 +306,9 @@ class DensityEstimator:
 
     Arguments:
         flow: A family of :func:`pyro_flows.flows.build` that can score data (``"maf"``,
-            ``"affine_coupling"``/``"realnvp"``, ``"spline_coupling"``/``"nsf"``,
-            ``"spline_autoregressive"``, ``"spline"``, ``"planar"``, ``"radial"``, ...).
+            ``"affine_coupling"``/``"realnvp"``, ``"masked_spline_autoregressive"``/``"nsf"``,
+            ``"spline_coupling"``, ``"spline_autoregressive"``, ``"spline"``, ``"planar"``,
+            ``"radial"``, ...).
         num_layers: The number of flow layers.
         hidden_dims: The hidden sizes of each layer's network, or None for the family's
             default: ``(64, 64)`` where the layers have networks, nothing for the layers that
