@@ -192,9 +192,10 @@ class AutoFlowGuide(AutoContinuous):
 
     Widths follow the dimension :math:`D` of the latent vector. The default networks of the
     MADE families (``"iaf"``, ``"maf"``) have one hidden layer of :math:`3D + 1` units (as
-    Pyro's :class:`~pyro.infer.autoguide.AutoIAFNormal`); coupling families default to
-    :math:`10D`. A MADE needs every hidden layer at least :math:`D` wide, so narrower
-    ``hidden_dims`` (say ``[64, 64]`` for a 91-latent model) are widened to :math:`D` with a
+    Pyro's :class:`~pyro.infer.autoguide.AutoIAFNormal`), whatever the density estimators'
+    default; other families use their helper's default, which also grows with :math:`D`. A
+    MADE needs every hidden layer at least :math:`D` wide, so narrower ``hidden_dims`` (say
+    ``[64, 64]`` for a 91-latent model) are widened to :math:`D` with a
     :class:`~pyro_flows.nn.made.HiddenWidthWarning`, for every user of the MADE helpers. Train
     with :func:`~pyro_flows.infer.fit_svi`: a step whose loss or gradient is not finite is
     skipped and the learning rate halved, with one warning that counts them, and a run of them
@@ -343,11 +344,16 @@ class AutoFlowGuide(AutoContinuous):
                 f"but this model has {latent_dim}; use a family with min_dim 1 (e.g. 'spline', "
                 "'planar', 'radial')"
             )
+        hidden_dims = self._hidden_dims
+        if hidden_dims is None and family.ordered:
+            # MADE families: one layer of 3D + 1 (Pyro's AutoIAFNormal: 3D + 10), not the
+            # density estimators' default; a guide's step cost stays that of Pyro's IAF
+            hidden_dims = [3 * latent_dim + 1]
         return build(
             self._family_name,
             latent_dim,
             self._num_layers,
-            hidden_dims=self._hidden_dims,
+            hidden_dims=hidden_dims,
             **self._flow_kwargs,
         )
 

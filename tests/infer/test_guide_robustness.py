@@ -49,6 +49,9 @@ def test_250_latents_train_at_the_defaults(flow):
     # the budget, cut to 50 steps; any skipped step would warn (warnings are errors)
     losses = fit_svi(group_model, guide, y, group, num_steps=50, lr=5e-3, num_particles=4)
     assert guide.latent_dim == 250
+    # one hidden layer of 3D + 1 per MADE, as Pyro's AutoIAFNormal, in every layer
+    nets = [m.network for m in guide.flow.parts if hasattr(m, "network")]
+    assert len(nets) == 3 and {tuple(net.hidden_dims) for net in nets} == {(751,)}
     assert all(math.isfinite(v) for v in losses)
     assert all(bool(torch.isfinite(p).all()) for p in guide.parameters())
     # The start is the prior's centre, not random prior draws (init_to_median's sample medians
