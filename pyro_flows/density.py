@@ -27,6 +27,7 @@ from ._validation import check_choice, check_hidden_dims, check_positive_int
 from .bases import _COVARIANCES, GaussianMixture
 from .distributions import NormalizingFlow
 from .flows import FAMILIES, _accepts, build, lookup_family
+from .nn.made import HiddenWidthWarning
 from .training import FitHistory
 from .training import fit as fit_model
 from .transforms.standardization import Standardization, _check_loc_scale
@@ -933,7 +934,10 @@ class DensityEstimator:
             def arr(v: list[float] | None) -> np.ndarray | None:
                 return None if v is None else np.asarray(v, dtype=np.float64)
 
-            with _seeded(0):  # the initial values are overwritten; leave torch's RNG alone
+            # the initial values are overwritten; leave torch's RNG alone. A widened MADE
+            # warned when it was fitted: loading it again is not news.
+            with _seeded(0), warnings.catch_warnings():
+                warnings.simplefilter("ignore", HiddenWidthWarning)
                 model = est._build(
                     meta["input_dim"],
                     meta["context_dim"],

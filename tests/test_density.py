@@ -466,3 +466,15 @@ def test_save_into_a_missing_directory_names_it(fitted, tmp_path):
     with pytest.raises(FileNotFoundError, match="the directory .*nope.* does not exist") as e:
         fitted.save(tmp_path / "nope" / "m.pt")
     assert e.value.filename == str(tmp_path / "nope" / "m.pt")
+
+
+def test_a_widened_network_warns_at_fit_not_at_load(tmp_path):
+    from pyro_flows.nn import HiddenWidthWarning
+
+    x = np.random.default_rng(0).normal(size=(200, 5))
+    with pytest.warns(HiddenWidthWarning):
+        est = DensityEstimator(flow="maf", hidden_dims=[3], num_layers=1, num_steps=5)
+        est.fit(x)
+    est.save(tmp_path / "m.pt")
+    loaded = DensityEstimator.load(tmp_path / "m.pt")  # warnings are errors in the suite
+    np.testing.assert_allclose(loaded.score_samples(x), est.score_samples(x))
