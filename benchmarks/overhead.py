@@ -144,8 +144,11 @@ def _flow(family: str, layers: int, args: argparse.Namespace):
     from pyro_flows.transforms.autoregressive import _Autoregressive
 
     torch.manual_seed(args.seed)
+    # The MADE layers alone (no elementwise affines between them, MAF's default since issue 19):
+    # the plain-torch floor below writes exactly these layers.
     flow = NormalizingFlow(
-        build(family, args.dim, layers, hidden_dims=list(args.hidden)), args.dim
+        build(family, args.dim, layers, hidden_dims=list(args.hidden), elementwise_affine=False),
+        args.dim,
     )
     layers_ = [m for m in flow.transform.parts if isinstance(m, _Autoregressive)]
     assert len(layers_) == layers, "expected one MADE layer per flow layer"

@@ -72,7 +72,9 @@ ARCH_NOTES = {
         "64-64 (ReLU), MADE order alternating natural/reverse (MAF) or a reverse permutation "
         "between layers (coupling), log-scale b*tanh(s/b), b=5; density direction "
         "z = exp(s) * x + mu (MAF), z = (x - t) * exp(-s) (coupling); coupling nets start "
-        "at the identity (zeroed last layer)."
+        "at the identity (zeroed last layer); MADE hidden units initialised on their unmasked "
+        "fan-in; a learnable elementwise affine map (identity start, 2D parameters) before "
+        "each layer and after the last (the builder's defaults since issue 19)."
     ),
     "pyro_flows_res": (
         "as pyro_flows with `hidden_dims=[64] * 5, residual=True`: input layer, four "

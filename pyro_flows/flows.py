@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyro.distributions.transforms as pyro_transforms
+import torch
 from torch import nn
 
 from . import transforms as T
@@ -18,6 +19,7 @@ __all__ = [
     "FAMILIES",
     "Family",
     "build",
+    "elementwise_affine",
     "lookup_family",
     "normalizing_flow",
     "register_family",
@@ -42,6 +44,9 @@ class Family:
         ordered: True when a layer takes an ``order`` argument (MADE-based layers): the
             builder then alternates the layers' orders instead of inserting permutation
             layers, which does the same without a gather per layer.
+        affine: True when :func:`build` puts, by default, a learnable elementwise affine map
+            (starting at the identity) before each layer and after the last one
+            (``elementwise_affine`` of :func:`build`).
     """
 
     make: Callable[..., nn.Module]
@@ -50,6 +55,7 @@ class Family:
     invertible: bool = True
     fast_direction: str = "both"
     ordered: bool = False
+    affine: bool = False
 
 
 def _pyro(name: str) -> Callable[..., nn.Module]:
@@ -59,8 +65,14 @@ def _pyro(name: str) -> Callable[..., nn.Module]:
 FAMILIES: dict[str, Family] = {
     "planar": Family(T.planar, T.conditional_planar, fast_direction="sample"),
     "radial": Family(T.radial, T.conditional_radial),
-    "affine_coupling": Family(T.affine_coupling, T.conditional_affine_coupling, min_dim=2),
-    "maf": Family(T.maf, T.conditional_maf, min_dim=2, fast_direction="density", ordered=True),
+    # MAF and coupling: elementwise affine maps between the layers by default (they won the
+    # A/B runs of docs/benchmarks.md on all four targets at the same size)
+    "affine_coupling": Family(
+        T.affine_coupling, T.conditional_affine_coupling, min_dim=2, affine=True
+    ),
+    "maf": Family(
+        T.maf, T.conditional_maf, min_dim=2, fast_direction="density", ordered=True, affine=True
+    ),
     "iaf": Family(T.iaf, T.conditional_iaf, min_dim=2, fast_direction="sample", ordered=True),
     "ffjord": Family(T.ffjord, T.conditional_ffjord),
     # one Glow step on vectors: ActNorm (initialised by the first batch of data it scores),
@@ -131,6 +143,27 @@ def _accepts(fn: Callable[..., Any], arg: str) -> bool:
     return arg in inspect.signature(fn).parameters
 
 
+def elementwise_affine(input_dim: int) -> T.ActNorm:
+    r"""A learnable elementwise affine map :math:`y = x \odot e^{s} + b`, starting at the identity.
+
+    An :class:`~pyro_flows.transforms.ActNorm` marked as initialised, so no data resets it: its
+    :math:`2D` parameters are trained from :math:`s = b = 0` like any other.
+
+    Example:
+        >>> t = elementwise_affine(3)
+        >>> x = torch.randn(4, 3)
+        >>> torch.equal(t(x), x), bool(t.initialized)
+        (True, True)
+    """
+    layer = T.ActNorm(input_dim)
+    with torch.no_grad():
+        layer.initialized.fill_(True)
+    return layer
+
+
+_identity_affine = elementwise_affine  # build's argument of the same name shadows it
+
+
 def build(
     name: str,
     input_dim: int,
@@ -139,9 +172,10 @@ def build(
     context_dim: int | None = None,
     hidden_dims: Sequence[int] | None = None,
     permutation: str | None = "reverse",
+    elementwise_affine: bool | None = None,
     **kwargs: Any,
 ) -> T.Compose | T.ConditionalCompose:
-    """Stacks ``num_layers`` layers of the family ``name``, with permutations between them.
+    r"""Stacks ``num_layers`` layers of the family ``name``, with permutations between them.
 
     Arguments:
         name: A key of :data:`FAMILIES` (``"planar"``, ``"radial"``, ``"affine_coupling"``,
@@ -158,6 +192,12 @@ def build(
         hidden_dims: Hidden layer sizes of each layer's network (for families that have one).
         permutation: ``"reverse"``, ``"random"`` or None: how the order of the features changes
             from one layer to the next (a permutation layer, or for MAF/IAF the MADE order).
+        elementwise_affine: Put a learnable elementwise affine map
+            :math:`x \odot e^{s} + b` (:func:`elementwise_affine`, starting at the identity,
+            :math:`2D` parameters each) before every layer and after the last one. None (the
+            default) means the family's default (:attr:`Family.affine`): True for ``"maf"``
+            and ``"affine_coupling"``, where it lowered the KL at the same size in all A/B
+            runs (docs/benchmarks.md), False for the others.
         kwargs: Passed to the family's helper (e.g. ``log_scale_bound``, ``count_bins``).
 
     Returns:
@@ -178,6 +218,12 @@ def build(
             raise ValueError(f"flow {name!r} has no conditional variant; drop context_dim")
     if permutation is not None:
         check_choice(permutation, ("reverse", "random"), "permutation")
+    if elementwise_affine is None:
+        elementwise_affine = family.affine
+    elif not isinstance(elementwise_affine, bool):
+        raise TypeError(
+            f"elementwise_affine must be a bool or None, got {type(elementwise_affine).__name__}"
+        )
     make = family.make if context_dim is None else family.make_conditional
     if hidden_dims is not None:
         if not _accepts(make, "hidden_dims"):
@@ -196,7 +242,11 @@ def build(
         elif k > 0 and permutation is not None and input_dim > 1:
             perm = T.reverse(input_dim) if permutation == "reverse" else T.permutation(input_dim)
             parts.append(perm)
+        if elementwise_affine:
+            parts.append(_identity_affine(input_dim))
         parts.append(_wrap(make(*args, **kwargs), family, input_dim, context_dim))
+    if elementwise_affine:
+        parts.append(_identity_affine(input_dim))
     return T.Compose(parts) if context_dim is None else T.ConditionalCompose(parts)
 
 

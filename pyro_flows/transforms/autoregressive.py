@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .._validation import check_choice, check_hidden_dims, check_positive_int
+from ..nn.dense import default_hidden_dims
 from ..nn.made import MADE, ConditionalMADE
 from .base import (
     ConditionalFlowTransform,
@@ -307,8 +308,10 @@ def maf(
 
     Arguments:
         input_dim: The event size :math:`D \ge 2`.
-        hidden_dims: Hidden sizes of the MADE network (default ``[3 * D + 1]``, as Pyro); a
-            MADE needs each :math:`\ge D`, so narrower ones are widened to :math:`D` with a
+        hidden_dims: Hidden sizes of the MADE network (default
+            :func:`~pyro_flows.nn.dense.default_hidden_dims`: 64-64 below 10 dimensions,
+            128-128 up to 32, :math:`4D`-:math:`4D` beyond); a MADE needs each
+            :math:`\ge D`, so narrower ones are widened to :math:`D` with a
             :class:`~pyro_flows.nn.made.HiddenWidthWarning`.
         order: ``"natural"``, ``"reverse"``, ``"random"`` or a permutation (see
             :func:`autoregressive_order`).
@@ -316,6 +319,8 @@ def maf(
         residual: Residual hidden layers (all of one width), each starting at zero; see
             :class:`~pyro_flows.nn.MADE`.
     """
+    if hidden_dims is None:
+        hidden_dims = default_hidden_dims(input_dim)
     net = _made(input_dim, 0, hidden_dims, order, residual)
     return MaskedAutoregressive(input_dim, net, log_scale_bound)
 
@@ -327,7 +332,11 @@ def iaf(
     log_scale_bound: float | None = 5.0,
     residual: bool = False,
 ) -> InverseAutoregressive:
-    """Builds an :class:`InverseAutoregressive` layer (arguments as :func:`maf`)."""
+    """Builds an :class:`InverseAutoregressive` layer (arguments as :func:`maf`).
+
+    ``hidden_dims`` defaults to ``[3 * D + 1]``, as Pyro's (a guide's size is set by its own
+    benchmarks, not by the density table that set :func:`maf`'s).
+    """
     net = _made(input_dim, 0, hidden_dims, order, residual)
     return InverseAutoregressive(input_dim, net, log_scale_bound)
 
@@ -340,8 +349,13 @@ def conditional_maf(
     log_scale_bound: float | None = 5.0,
     residual: bool = False,
 ) -> ConditionalMaskedAutoregressive:
-    """Builds a :class:`ConditionalMaskedAutoregressive` (arguments as :func:`maf`)."""
+    """Builds a :class:`ConditionalMaskedAutoregressive` (arguments as :func:`maf`).
+
+    ``hidden_dims`` defaults to ``default_hidden_dims(input_dim, context_dim)``.
+    """
     check_positive_int(context_dim, "context_dim")
+    if hidden_dims is None:
+        hidden_dims = default_hidden_dims(input_dim, context_dim)
     net = _made(input_dim, context_dim, hidden_dims, order, residual)
     return ConditionalMaskedAutoregressive(input_dim, context_dim, net, log_scale_bound)
 
@@ -354,7 +368,7 @@ def conditional_iaf(
     log_scale_bound: float | None = 5.0,
     residual: bool = False,
 ) -> ConditionalInverseAutoregressive:
-    """Builds a :class:`ConditionalInverseAutoregressive` (arguments as :func:`maf`)."""
+    """Builds a :class:`ConditionalInverseAutoregressive` (arguments as :func:`iaf`)."""
     check_positive_int(context_dim, "context_dim")
     net = _made(input_dim, context_dim, hidden_dims, order, residual)
     return ConditionalInverseAutoregressive(input_dim, context_dim, net, log_scale_bound)

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .._validation import check_choice, check_hidden_dims, check_positive_int
-from ..nn.dense import ConditionalDenseNN, DenseNN
+from ..nn.dense import ConditionalDenseNN, DenseNN, default_hidden_dims
 from .base import ConditionalFlowTransform, Deferred, FlowTransform, broadcast_context
 
 __all__ = [
@@ -212,14 +212,16 @@ def affine_coupling(
 
     Arguments:
         input_dim: The event size :math:`D \ge 2`.
-        hidden_dims: Hidden layer sizes of the conditioner (default ``[10 * D, 10 * D]``).
+        hidden_dims: Hidden layer sizes of the conditioner (default
+            :func:`~pyro_flows.nn.dense.default_hidden_dims`: 64-64 below 10 dimensions,
+            128-128 up to 32, :math:`4D`-:math:`4D` beyond).
         mask: ``"half"``, ``"alternate"`` or a custom boolean mask (see :func:`coupling_mask`).
         flip: Swap which features are transformed.
         log_scale_bound: The bound of the log-scale, or None.
         residual: Residual hidden layers (all of one width): :math:`h \leftarrow h + W f(h) + b`.
     """
     m = coupling_mask(input_dim, mask, flip)
-    hidden = check_hidden_dims(hidden_dims or [10 * input_dim, 10 * input_dim])
+    hidden = check_hidden_dims(hidden_dims or default_hidden_dims(input_dim))
     n_a = int(m.sum())
     net = DenseNN(n_a, hidden, param_dims=[input_dim - n_a, input_dim - n_a], residual=residual)
     return AffineCoupling(input_dim, m, _zero_last_layer(net), log_scale_bound)
@@ -239,7 +241,7 @@ def conditional_affine_coupling(
     Arguments:
         input_dim: The event size :math:`D \ge 2`.
         context_dim: The context size :math:`C`.
-        hidden_dims: Hidden layer sizes (default ``[10 * (D + C), 10 * (D + C)]``).
+        hidden_dims: Hidden layer sizes (default ``default_hidden_dims(D, C)``).
         mask: ``"half"``, ``"alternate"`` or a custom boolean mask.
         flip: Swap which features are transformed.
         log_scale_bound: The bound of the log-scale, or None.
@@ -247,8 +249,7 @@ def conditional_affine_coupling(
     """
     m = coupling_mask(input_dim, mask, flip)
     check_positive_int(context_dim, "context_dim")
-    width = 10 * (input_dim + context_dim)
-    hidden = check_hidden_dims(hidden_dims or [width, width])
+    hidden = check_hidden_dims(hidden_dims or default_hidden_dims(input_dim, context_dim))
     n_a = int(m.sum())
     net = ConditionalDenseNN(
         n_a, context_dim, hidden, param_dims=[input_dim - n_a, input_dim - n_a], residual=residual
