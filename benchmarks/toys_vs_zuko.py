@@ -21,6 +21,9 @@ printed with it. Lower is better; 0 is a perfect fit.
     python benchmarks/toys_vs_zuko.py --results runs.jsonl ...   # save runs; skip saved ones
     python benchmarks/toys_vs_zuko.py --report runs.jsonl        # the table of saved runs
 
+Drawing the gmm32 stream peaks at about 12 GB (torch's multivariate normal broadcasts its
+Cholesky factor over the 768 000 draws), so run gmm32 in one process at a time.
+
 Needs ``zuko`` (``pip install zuko`` or the ``[bench]`` extra) for the zuko columns;
 pyro_flows never imports it. Models whose library is missing are skipped.
 """
