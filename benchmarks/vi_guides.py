@@ -834,11 +834,13 @@ def run_posteriordb(args: argparse.Namespace) -> None:
     if unknown:
         raise ValueError(f"unknown models {unknown}; expected some of {list(POSTERIORS)}")
     guides = make_guides(args)
+    found = 0
     for name in wanted:
         posts = load_posteriors(args, [name])
         if not posts:
             print(f"{name}: no data under {args.data_dir}: skipped", file=sys.stderr)
             continue
+        found += 1
         post = posts[0]
         rows = {"_meta": {**budget(args), "reference": post.source, "columns": len(post.names)}}
         for label, factory in guides.items():
@@ -848,6 +850,9 @@ def run_posteriordb(args: argparse.Namespace) -> None:
             rows[label] = row
             print(f"{name} / {label}: {cell(row)}", file=sys.stderr)
             save(args.json, name, rows)
+    if not found:
+        print(f"posteriordb: no data under {args.data_dir}: section skipped")
+        return
     print_table(args.json, args)
 
 

@@ -85,5 +85,5 @@ def test_vi_benchmark_skips_cleanly_without_data(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "vi_guides", bench)  # its dataclass looks itself up
     spec.loader.exec_module(bench)
     args = bench.parse_args(["--section", "posteriordb", "--data-dir", str(tmp_path)])
-    bench.run_posteriordb(args, {})
+    bench.run_posteriordb(args)
     assert "section skipped" in capsys.readouterr().out
