@@ -82,7 +82,7 @@ FAMILIES: dict[str, Family] = {
     "iresnet": Family(T.iresnet, T.conditional_iresnet, fast_direction="sample"),
     "residual_flow": Family(T.residual_flow, T.conditional_residual_flow, fast_direction="sample"),
     # Pyro's families, wrapped (see pyro_flows.transforms.PyroTransform):
-    "spline": Family(_pyro("spline"), _pyro("conditional_spline")),
+    "spline": Family(T.elementwise_spline, _pyro("conditional_spline")),
     "spline_coupling": Family(_pyro("spline_coupling"), min_dim=2),
     # Pyro's spline autoregressive transform used backwards: one-pass density, like zuko's NSF
     "masked_spline_autoregressive": Family(

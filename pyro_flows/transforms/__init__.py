@@ -42,6 +42,7 @@ from .external import (
     ConditionalPyroTransform,
     PyroTransform,
     conditional_masked_spline_autoregressive,
+    elementwise_spline,
     masked_spline_autoregressive,
 )
 from .glow import glow_step
@@ -124,6 +125,7 @@ __all__ = [
     "conv_net",
     "coupling_mask",
     "dense_hypernet",
+    "elementwise_spline",
     "ffjord",
     "glow_step",
     "iaf",

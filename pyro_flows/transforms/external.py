@@ -19,6 +19,7 @@ __all__ = [
     "ConditionalPyroTransform",
     "PyroTransform",
     "conditional_masked_spline_autoregressive",
+    "elementwise_spline",
     "masked_spline_autoregressive",
 ]
 
@@ -206,6 +207,55 @@ def _spline_identity_start(net: nn.Module, input_dim: int, count_bins: int) -> N
         last.bias.zero_()
         # Pyro lays the outputs out as (parameter set, dim): widths, heights, derivatives, ...
         last.bias[2 * k * input_dim : (3 * k - 1) * input_dim] = math.log(math.expm1(1 - 1e-3))
+
+
+def elementwise_spline(
+    input_dim: int,
+    count_bins: int = 8,
+    bound: float = 5.0,
+    order: str = "linear",
+    identity_init: bool = True,
+) -> PyroTransform:
+    r"""Pyro's element-wise spline, :math:`y_i = g_{\theta_i}(x_i)`, starting at the identity.
+
+    :math:`g_{\theta_i}` is a monotonic rational spline on :math:`[-B, B]` (the identity
+    outside) with its own parameters per coordinate: the flexible flow of one variable, or of
+    independent ones. Pyro's :func:`~pyro.distributions.transforms.spline` starts at a random
+    spline; stacked and trained briefly, such a start left a one-column fit with 13-16% of its
+    samples beyond the data's range (Gamma, log-normal, a two-mode mixture; test NLL 0.4-1.0
+    nats worse than this start, docs/benchmarks.md).
+
+    Arguments:
+        input_dim: The event size :math:`D`.
+        count_bins: The number of spline bins :math:`K \ge 2`.
+        bound: The half-width :math:`B` of the interval (Pyro's default is 3; 5 covers
+            standardised data out to five robust standard deviations).
+        order: ``"linear"`` (linear-rational) or ``"quadratic"`` (rational-quadratic).
+        identity_init: Start at the identity (uniform bins, unit slopes); False keeps Pyro's
+            random start.
+
+    Example:
+        >>> t = elementwise_spline(2)
+        >>> x = torch.randn(4, 2)
+        >>> torch.allclose(t(x), x, atol=1e-3)  # it starts at the identity
+        True
+
+    References:
+        | Invertible Generative Modeling using Linear Rational Splines (Dolatabadi et al., 2020)
+        | https://arxiv.org/abs/2001.05168
+    """
+    check_positive_int(input_dim, "input_dim")
+    check_positive_int(count_bins, "count_bins", minimum=2)
+    check_choice(order, _SPLINE_ORDERS, "order")
+    layer = pyro_transforms.Spline(input_dim, count_bins=count_bins, bound=bound, order=order)
+    if identity_init:
+        with torch.no_grad():  # uniform bins, unit slopes (Pyro's minimum slope is 1e-3)
+            layer.unnormalized_widths.zero_()
+            layer.unnormalized_heights.zero_()
+            layer.unnormalized_derivatives.fill_(math.log(math.expm1(1 - 1e-3)))
+            if order == "linear":
+                layer.unnormalized_lambdas.zero_()  # lambda = 1/2
+    return PyroTransform(layer, input_dim)
 
 
 def masked_spline_autoregressive(

@@ -113,6 +113,9 @@ TRANSFORMS = {
     "build_planar": Case(lambda d: build("planar", d, 3)),
     "build_conditional_radial": Case(lambda d: build("radial", d, 2, context_dim=CONTEXT_DIM)),
     "build_spline": Case(lambda d: build("spline", d, 2), **PYRO_SPLINE),
+    "elementwise_spline": Case(
+        lambda d: T.elementwise_spline(d, identity_init=False), **PYRO_SPLINE
+    ),
     "build_spline_coupling": Case(
         lambda d: build("spline_coupling", d, 2), min_dim=2, **PYRO_SPLINE
     ),
