@@ -219,9 +219,9 @@ class AutoFlowGuide(AutoContinuous):
     Note:
         The flow acts on standardised noise, before the affine map. Families that act element-
         wise (``"spline"``) or radially (``"radial"``) cannot correlate coordinates: give them
-        ``affine="full"``. Pyro's spline layers are the identity outside ``[-bound, bound]``
-        (default 3), so they cannot reshape tails beyond three standard deviations: pass e.g.
-        ``bound=8.0``.
+        ``affine="full"``. Spline layers are the identity outside ``[-bound, bound]`` (default
+        5 for ``"spline"`` and ``"nsf"``, 3 for Pyro's other spline families), so they cannot
+        reshape tails beyond it: pass e.g. ``bound=8.0``.
 
     Arguments:
         model: A Pyro model with continuous latent sites of fixed shapes.
