@@ -269,6 +269,34 @@ class GuideReport:
     draws: ImportanceSamples = field(repr=False)
     guide: Any = field(repr=False)
 
+    @classmethod
+    def from_draws(
+        cls,
+        name: str,
+        draws: ImportanceSamples,
+        *,
+        seconds: float,
+        step_times: Sequence[float],
+        losses: list[float],
+        guide: Any,
+        **extra: Any,
+    ) -> GuideReport:
+        """The report of a fitted guide, its numbers read off ``draws`` (``extra``: subclass fields)."""
+        return cls(
+            name=name,
+            elbo=draws.elbo(),
+            elbo_se=draws.elbo_se(),
+            iw_elbo=draws.iw_elbo(),
+            pareto_k=draws.pareto_k(),
+            ess=draws.ess(),
+            seconds=seconds,
+            ms_per_step=1000 * statistics.median(step_times) if step_times else math.nan,
+            losses=losses,
+            draws=draws,
+            guide=guide,
+            **extra,
+        )
+
     @property
     def reading(self) -> str:
         r"""The reading of :math:`\hat k` (see :func:`~pyro_flows.infer.pareto_k_reading`)."""
@@ -419,18 +447,8 @@ def compare_guides(
             max_plate_nesting=max_plate_nesting,
             **kwargs,
         )
-        reports[name] = GuideReport(
-            name=name,
-            elbo=draws.elbo(),
-            elbo_se=draws.elbo_se(),
-            iw_elbo=draws.iw_elbo(),
-            pareto_k=draws.pareto_k(),
-            ess=draws.ess(),
-            seconds=seconds,
-            ms_per_step=1000 * statistics.median(times),
-            losses=losses,
-            draws=draws,
-            guide=guide,
+        reports[name] = GuideReport.from_draws(
+            name, draws, seconds=seconds, step_times=times, losses=losses, guide=guide
         )
     return reports
 

@@ -299,17 +299,7 @@ def fit_guide(
         )
     seconds = time.perf_counter() - t0
     draws = importance_sample(model, guide, *args, num_samples=num_samples, **kwargs)
-    return GuideFit(
-        name="fit_guide",
-        elbo=draws.elbo(),
-        elbo_se=draws.elbo_se(),
-        iw_elbo=draws.iw_elbo(),
-        pareto_k=draws.pareto_k(),
-        ess=draws.ess(),
-        seconds=seconds,
-        ms_per_step=1000 * (sorted(times)[len(times) // 2] if times else math.nan),
-        losses=losses,
-        draws=draws,
-        guide=guide,
+    return GuideFit.from_draws(
+        "fit_guide", draws, seconds=seconds, step_times=times, losses=losses, guide=guide,
         choices=choices,
     )
