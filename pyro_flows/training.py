@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, field
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
 
 from ._progress import progress_bar
-from ._validation import as_rows, check_choice, check_last_dim, check_positive_int
+from ._validation import check_choice, check_positive_int
+from .checkpoint import Checkpointer, set_rng_state
+from .data import Rows, streaming_loc_scale
+from .distributed import LogProbModule, resolve_device, setup, wrap_ddp
 
 __all__ = [
     "FitHistory",
@@ -48,19 +55,12 @@ class FitHistory:
         return len(self.train_loss)
 
 
-def _mean_nll(model: nn.Module, x: Tensor, c: Tensor | None, chunk: int) -> float:
-    """The mean negative log-likelihood of the rows of ``x``, computed in chunks, in float64."""
-    total = 0.0
-    with torch.no_grad():
-        for i in range(0, x.shape[0], chunk):
-            lp = _log_prob(model, x[i : i + chunk], None if c is None else c[i : i + chunk])
-            total -= lp.double().sum().item()
-    return total / x.shape[0]
-
-
 def _log_prob(model: nn.Module, x: Tensor, c: Tensor | None) -> Tensor:
-    """``model.log_prob`` with or without context, checked to give one value per row."""
-    lp = model.log_prob(x) if c is None else model.log_prob(x, c)
+    """``model.log_prob`` (or a :class:`LogProbModule`'s call), checked: one value per row."""
+    if isinstance(model, LogProbModule | DistributedDataParallel):
+        lp = model(x) if c is None else model(x, c)
+    else:
+        lp = model.log_prob(x) if c is None else model.log_prob(x, c)
     if not isinstance(lp, Tensor) or lp.shape != x.shape[:1]:
         shape = tuple(lp.shape) if isinstance(lp, Tensor) else type(lp).__name__
         raise ValueError(
@@ -70,9 +70,80 @@ def _log_prob(model: nn.Module, x: Tensor, c: Tensor | None) -> Tensor:
     return lp
 
 
+def _nll_sum(
+    model: nn.Module,
+    x: Rows,
+    c: Rows | None,
+    idx: Tensor | None,
+    chunk: int,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> float:
+    """The summed negative log-likelihood of the rows ``idx`` of ``x``, in chunks, in float64."""
+    total = 0.0
+    n = x.num_rows if idx is None else len(idx)
+    with torch.no_grad():
+        for i in range(0, n, chunk):
+            sel = (
+                torch.arange(i, min(i + chunk, n), device="cpu")
+                if idx is None
+                else idx[i : i + chunk]
+            )
+            xb = x.gather(sel).to(device=device, dtype=dtype)
+            cb = None if c is None else c.gather(sel).to(device=device, dtype=dtype)
+            total -= _log_prob(model, xb, cb).double().sum().item()
+    return total
+
+
+def _batch_parts(batch: Any) -> tuple[Tensor, Tensor | None]:
+    """A DataLoader's batch as ``(x, c)``: a tensor, or a pair of tensors."""
+    if isinstance(batch, Tensor):
+        return batch, None
+    if isinstance(batch, tuple | list) and len(batch) in (1, 2):
+        return batch[0], (batch[1] if len(batch) == 2 else None)
+    raise TypeError(
+        f"data: a DataLoader must yield tensors x or pairs (x, c), got {type(batch).__name__}"
+    )
+
+
+def _initialize(model: nn.Module, x: Rows, c: Rows | None, idx: Tensor | None) -> None:
+    """Calls the model's data-dependent initialisation with the training rows.
+
+    Rows held in memory are passed as they are. Rows read lazily (a memmap, a Dataset) are
+    summarised by one streaming pass (:func:`~pyro_flows.data.streaming_loc_scale`) for a
+    flow with a standardisation, so that they are never all in memory at once.
+    """
+    init = getattr(model, "initialize_from_data", None)
+    if not callable(init):
+        return
+    lazy = x.tensor is None
+    untouched = getattr(model, "is_untouched", None)
+    setter = getattr(model, "set_standardization", None)
+    if lazy and callable(untouched) and callable(setter):
+        if untouched():
+            loc, scale = streaming_loc_scale(x, idx)
+            cloc = cscale = None
+            if c is not None:
+                cloc, cscale = streaming_loc_scale(c, idx)
+            setter(loc, scale, cloc, cscale)
+        return
+    if idx is None and not lazy:
+        xt, ct = (
+            x.tensor,
+            (None if c is None else c.gather(torch.arange(c.num_rows, device="cpu"))),
+        )
+    else:
+        sel = torch.arange(x.num_rows, device="cpu") if idx is None else idx
+        xt, ct = x.gather(sel), (None if c is None else c.gather(sel))
+    if ct is None:
+        init(xt)
+    else:
+        init(xt, ct)
+
+
 def fit(
     model: nn.Module,
-    data: Tensor | np.ndarray,
+    data: Tensor | np.ndarray | Dataset | DataLoader,
     *,
     context: Tensor | np.ndarray | None = None,
     num_steps: int = 1000,
@@ -80,7 +151,7 @@ def fit(
     lr: float = 1e-3,
     schedule: str = "cosine",
     val_fraction: float = 0.1,
-    val_data: Tensor | np.ndarray | None = None,
+    val_data: Tensor | np.ndarray | Dataset | None = None,
     val_context: Tensor | np.ndarray | None = None,
     patience: int | None = None,
     eval_every: int = 50,
@@ -89,6 +160,10 @@ def fit(
     weight_decay: float = 0.0,
     clip_grad_norm: float | None = None,
     restore_best: bool = True,
+    device: str | torch.device | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 100,
+    resume: str | os.PathLike | bool | None = None,
 ) -> FitHistory:
     r"""Fits ``model`` to ``data`` by maximum likelihood with Adam.
 
@@ -106,20 +181,53 @@ def fit(
     ``initialize_from_data(x, c)`` with a context) gets it called with the training rows: a
     :class:`~pyro_flows.distributions.NormalizingFlow` sets its data standardisation there
     (when the flow is untouched since construction), which makes the fit follow any change of
-    the data's units, :math:`x \mapsto a x + b`, exactly.
+    the data's units, :math:`x \mapsto a x + b`, exactly. For data read lazily (a memmap, a
+    Dataset) the flow's statistics come from one streaming pass instead
+    (:func:`~pyro_flows.data.streaming_loc_scale`).
 
-    Data are cast to the dtype and device of the model's first parameter. The model is put in
-    train mode for the steps and left, at the end, in the mode it had on entry. When ``seed``
-    is given, the split and the minibatches come from a seeded :class:`torch.Generator`,
-    otherwise from torch's global generator; randomness inside the model always uses the
-    global generator.
+    **Devices.** The model trains on ``device`` (moved there first), by default where its
+    parameters are. The data stay where they are: each minibatch is gathered on the CPU,
+    cast to the dtype of the model's first parameter and moved to the device alone.
+
+    **Data larger than memory.** ``data`` may be a memory-mapped array
+    (``np.load(path, mmap_mode="r")``, checked for NaN in chunks and read one minibatch at a
+    time), a :class:`~torch.utils.data.Dataset` of rows ``x`` or pairs ``(x, c)`` (gathered
+    by index, split and shuffled as an array would be), or a
+    :class:`~torch.utils.data.DataLoader` of such batches, used as it is: every batch it
+    yields is one step, ``val_fraction`` does not apply (give ``val_data``), and under
+    ``torchrun`` its sampler chooses each rank's rows.
+
+    **Several processes.** Under ``torchrun`` (or with :mod:`torch.distributed` initialised)
+    each of the :math:`W` ranks takes an equal slice of every global minibatch of
+    ``batch_size`` rows (:math:`W` must divide it), the model is wrapped in
+    :class:`~torch.nn.parallel.DistributedDataParallel`, which averages the gradients, so
+    the steps are those of one process on the whole minibatch (see
+    :mod:`pyro_flows.distributed`). The validation rows are shared out too and their NLL
+    summed over the ranks, so every rank sees the same history and stops early together;
+    rank 0 alone shows the progress bar and writes the checkpoint.
+
+    **Checkpoints.** With ``checkpoint``, a file is written atomically every
+    ``checkpoint_every`` steps and after the last step, holding the model, Adam's state, the
+    step, the history, the early-stopping state (best parameters, evaluations without
+    improvement), the minibatch order and the torch, numpy and Python random states (the
+    learning rate is a function of the step). ``resume`` continues from such a file with the
+    same parameters, to the bit, as the run that wrote it would have reached; it must be
+    started with the same data and settings (the checkpoint refuses others). A run without
+    ``seed`` draws one and saves it, so that the split is the same on resuming.
+
+    Data are cast to the dtype of the model's first parameter. The model is put in train mode
+    for the steps and left, at the end, in the mode it had on entry. When ``seed`` is given,
+    the split and the minibatches come from a seeded :class:`torch.Generator`, otherwise from
+    torch's global generator; randomness inside the model always uses the global generator.
 
     Arguments:
         model: A module with parameters and a method ``log_prob(x)`` (or ``log_prob(x, c)``
             when ``context`` is given) returning one log-density per row.
         data: The rows to fit, shape ``(num_rows, input_dim)``, finite floating-point values
-            (NaN or inf raise a ValueError naming ``data``; likewise for the other arrays).
-        context: The conditioning rows, shape ``(num_rows, context_dim)``, or ``None``.
+            (NaN or inf raise a ValueError naming ``data``; likewise for the other arrays):
+            a tensor, an array, a memmap, a Dataset or a DataLoader (see above).
+        context: The conditioning rows, shape ``(num_rows, context_dim)``, or ``None`` (a
+            Dataset or DataLoader of pairs carries its own).
         num_steps: The number of optimisation steps.
         batch_size: The minibatch size (capped at the number of training rows); validation
             runs in chunks of ``4 * batch_size`` rows.
@@ -138,6 +246,14 @@ def fit(
         clip_grad_norm: If given, the maximum gradient norm (over all parameters) per step.
         restore_best: Whether to reload, at the end, the parameters of the best validation
             evaluation.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or a :class:`torch.device`
+            to train on (see :func:`~pyro_flows.distributed.resolve_device`); None for the
+            device of the model's parameters.
+        checkpoint: The checkpoint file to write, or None.
+        checkpoint_every: The number of steps between checkpoints.
+        resume: A checkpoint file to continue from, or True for ``checkpoint`` when that
+            file exists (a fresh start otherwise: one command for the first run and every
+            restart).
 
     Returns:
         A :class:`FitHistory`.
@@ -166,7 +282,6 @@ def fit(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("model has no trainable parameters; nothing to fit")
-    dtype, device = params[0].dtype, params[0].device
     check_positive_int(num_steps, "num_steps")
     check_positive_int(batch_size, "batch_size")
     check_positive_int(eval_every, "eval_every")
@@ -183,82 +298,144 @@ def fit(
         isinstance(clip_grad_norm, int | float) and clip_grad_norm > 0
     ):
         raise ValueError(f"clip_grad_norm must be a positive number, got {clip_grad_norm!r}")
+    device = resolve_device(device, params[0].device)
+    if device != params[0].device:
+        model.to(device)
+        params = [p for p in model.parameters() if p.requires_grad]
+    dtype = params[0].dtype
+    dist_ctx = setup(device)
+    saver = Checkpointer.create(checkpoint, checkpoint_every, resume, writer=dist_ctx.is_main)
 
-    x = as_rows(data, "data")
-    if x.shape[0] == 0:
-        raise ValueError(f"data is empty (shape {tuple(x.shape)}): nothing to fit")
-    c = None if context is None else as_rows(context, "context")
-    if c is not None and c.shape[0] != x.shape[0]:
-        raise ValueError(
-            f"context must have one row per row of data ({x.shape[0]}), got {c.shape[0]} rows"
-        )
+    loader = data if isinstance(data, DataLoader) else None
+    x = c = None
+    if loader is not None:
+        if context is not None:
+            raise ValueError("context must be None with a DataLoader: it yields pairs (x, c)")
+        num_data = None
+    else:
+        x = Rows(data, "data")
+        if x.num_rows == 0:
+            raise ValueError(f"data is empty (shape ({x.num_rows}, {x.dim})): nothing to fit")
+        if isinstance(data, Dataset):
+            if context is not None:
+                raise ValueError("context must be None with a Dataset: its items are (x, c)")
+            if isinstance(data[0], tuple | list) and len(data[0]) == 2:
+                c = Rows(data, "data", part=1)
+        elif context is not None:
+            c = Rows(context, "context")
+            if c.num_rows != x.num_rows:
+                raise ValueError(
+                    f"context must have one row per row of data ({x.num_rows}), got "
+                    f"{c.num_rows} rows"
+                )
+        num_data = x.num_rows
 
+    state = saver.load("fit")
+    if state is not None:
+        seed = state["config"]["seed"]
+    elif seed is None and (saver.path is not None or dist_ctx.active):
+        # a seed drawn here (and agreed by rank 0) makes the split and order reproducible
+        seed = dist_ctx.broadcast_int(int(torch.randint(0, 2**62, (), device="cpu").item()))
     gen = None if seed is None else torch.Generator().manual_seed(seed)
 
+    xv = cv = None
+    train_idx = val_idx = None
     if val_data is not None:
-        xv = as_rows(val_data, "val_data")
-        check_last_dim(xv, x.shape[1], "val_data")
-        if (c is None) != (val_context is None):
+        xv = Rows(val_data, "val_data")
+        if x is not None and xv.dim != x.dim:
             raise ValueError(
-                "val_context must be given exactly when context is given "
-                f"(context is {'None' if c is None else 'given'})"
+                f"val_data must have shape (..., {x.dim}) (event shape ({x.dim},)), got "
+                f"{xv.dim} columns"
             )
-        cv = None
-        if val_context is not None:
-            cv = as_rows(val_context, "val_context")
-            check_last_dim(cv, c.shape[1], "val_context")
-            if cv.shape[0] != xv.shape[0]:
+        if isinstance(val_data, Dataset):
+            first = val_data[0]
+            cv = Rows(val_data, "val_data", 1) if isinstance(first, tuple | list) else None
+        else:
+            if (c is None) != (val_context is None) and loader is None:
                 raise ValueError(
-                    f"val_context must have one row per row of val_data ({xv.shape[0]}), "
-                    f"got {cv.shape[0]} rows"
+                    "val_context must be given exactly when context is given "
+                    f"(context is {'None' if c is None else 'given'})"
                 )
-        xt, ct = x, c
+            if val_context is not None:
+                cv = Rows(val_context, "val_context")
+                if c is not None and cv.dim != c.dim:
+                    raise ValueError(
+                        f"val_context must have shape (..., {c.dim}), got {cv.dim} columns"
+                    )
+                if cv.num_rows != xv.num_rows:
+                    raise ValueError(
+                        f"val_context must have one row per row of val_data ({xv.num_rows}), "
+                        f"got {cv.num_rows} rows"
+                    )
+        num_train = num_data
+    elif loader is not None:
+        num_train = None
     else:
         if val_context is not None:
             raise ValueError("val_context was given without val_data")
         if not (isinstance(val_fraction, int | float) and 0 <= val_fraction < 1):
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
-        num_val = int(val_fraction * x.shape[0])
+        num_val = int(val_fraction * num_data)
         if val_fraction > 0 and num_val < 1:
             raise ValueError(
-                f"val_fraction={val_fraction} of {x.shape[0]} rows of data leaves {num_val} "
+                f"val_fraction={val_fraction} of {num_data} rows of data leaves {num_val} "
                 "validation rows; use a larger val_fraction, more data, or val_fraction=0"
             )
-        perm = torch.randperm(x.shape[0], generator=gen)
+        perm = torch.randperm(num_data, generator=gen, device="cpu")
         val_idx, train_idx = perm[:num_val], perm[num_val:]
-        xt, xv = x[train_idx], (x[val_idx] if num_val else None)
-        ct = None if c is None else c[train_idx]
-        cv = None if (c is None or not num_val) else c[val_idx]
+        if num_val:
+            xv, cv = x, c
+        num_train = len(train_idx)
     if patience is not None and xv is None:
         raise ValueError("patience needs validation data: set val_fraction > 0 or val_data")
 
+    if loader is None:
+        batch_size = min(batch_size, num_train)
+        shard = dist_ctx.shard(batch_size)
+    chunk = 4 * batch_size
+    # this rank's share of the validation rows, whose NLL is summed over the ranks
+    num_val_rows = 0 if xv is None else (xv.num_rows if val_idx is None else len(val_idx))
+    my_val = None
+    if xv is not None:
+        all_val = torch.arange(num_val_rows, device="cpu") if val_idx is None else val_idx
+        my_val = all_val.tensor_split(dist_ctx.world_size)[dist_ctx.rank]
+
     # A data-dependent first step (a NormalizingFlow's standardisation, set only when the
     # flow is untouched), from the training rows in their own precision.
-    init = getattr(model, "initialize_from_data", None)
-    if callable(init) and ct is None:
-        init(xt)
-    elif callable(init):
-        init(xt, ct)
-
-    def move(t: Tensor | None) -> Tensor | None:
-        return None if t is None else t.to(device=device, dtype=dtype)
-
-    xt, ct, xv, cv = move(xt), move(ct), move(xv), move(cv)
-    num_train = xt.shape[0]
-    batch_size = min(batch_size, num_train)
-    chunk = 4 * batch_size
+    if x is not None:
+        _initialize(model, x, c, train_idx)
 
     optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     history = FitHistory()
     was_training = model.training
     best_state: dict[str, Tensor] | None = None
     bad_evals = 0
+    first_step = 1
+    order = None if num_train is None else torch.randperm(num_train, generator=gen, device="cpu")
+    pos = 0
+    config = {"seed": seed, "num_steps": num_steps, "batch_size": batch_size, "rows": num_data}
+    if state is not None:
+        Checkpointer.check_config(state, config, saver.resume)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        history = FitHistory(**state["history"])
+        best_state, bad_evals = state["best_state"], state["bad_evals"]
+        order, pos, first_step = state["order"], state["pos"], state["step"] + 1
+        if gen is not None:
+            gen.set_state(state["gen"])
+        set_rng_state(state["rng"])
+        if history.stopped_early:
+            first_step = num_steps + 1
 
     def evaluate(step: int) -> bool:
         """Records the validation NLL after ``step``; returns whether to stop."""
         nonlocal best_state, bad_evals
         model.eval()
-        nll = _mean_nll(model, xv, cv, chunk)
+        local = _nll_sum(model, xv, cv, my_val, chunk, device, dtype)
+        nll = (
+            dist_ctx.all_sum(torch.tensor([local], dtype=torch.float64, device="cpu")).item()
+            / num_val_rows
+        )
         model.train()
         history.val_steps.append(step)
         history.val_nll.append(nll)
@@ -270,18 +447,49 @@ def fit(
             bad_evals += 1
         return patience is not None and bad_evals >= patience
 
-    order = torch.randperm(num_train, generator=gen)
-    pos = 0
-    bar = progress_bar(num_steps, "fit", progress)
+    def save(step: int) -> None:
+        saver.save(
+            "fit",
+            {
+                "step": step,
+                "config": config,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "history": asdict(history),
+                "best_state": best_state,
+                "bad_evals": bad_evals,
+                "order": order,
+                "pos": pos,
+                "gen": None if gen is None else gen.get_state(),
+            },
+        )
+
+    net = wrap_ddp(LogProbModule(model), dist_ctx, device)
+    batches = None if loader is None else iter(loader)
+    bar = progress_bar(num_steps, "fit", progress and dist_ctx.is_main)
+    bar.update(first_step - 1)
     try:
         model.train()
-        if xv is not None:
+        if xv is not None and state is None:
             evaluate(0)
-        for step in range(1, num_steps + 1):
-            if pos + batch_size > num_train:
-                order, pos = torch.randperm(num_train, generator=gen), 0
-            idx = order[pos : pos + batch_size].to(device)
-            pos += batch_size
+        for step in range(first_step, num_steps + 1):
+            if loader is None:
+                if pos + batch_size > num_train:
+                    order, pos = torch.randperm(num_train, generator=gen, device="cpu"), 0
+                idx = order[pos : pos + batch_size][shard]
+                pos += batch_size
+                if train_idx is not None:
+                    idx = train_idx[idx]
+                xb, cb = x.gather(idx), (None if c is None else c.gather(idx))
+            else:
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    batches = iter(loader)
+                    batch = next(batches)
+                xb, cb = _batch_parts(batch)
+            xb = xb.to(device=device, dtype=dtype)
+            cb = None if cb is None else cb.to(device=device, dtype=dtype)
 
             if schedule == "cosine":
                 rate = 0.5 * lr * (1 + math.cos(math.pi * (step - 1) / num_steps))
@@ -290,8 +498,11 @@ def fit(
             for group in optimizer.param_groups:
                 group["lr"] = rate
 
-            loss = -_log_prob(model, xt[idx], None if ct is None else ct[idx]).mean()
-            value = loss.item()
+            loss = -_log_prob(net, xb, cb).mean()
+            if dist_ctx.active:
+                value = dist_ctx.all_sum(loss.detach()).item() / dist_ctx.world_size
+            else:
+                value = loss.item()
             if not math.isfinite(value):
                 if best_state is not None:
                     model.load_state_dict(best_state)
@@ -315,6 +526,9 @@ def fit(
                 bar.set_postfix(train=f"{value:.4f}")
             if stop:
                 history.stopped_early = True
+            if saver.due(step, step == num_steps or stop):
+                save(step)
+            if stop:
                 break
     finally:
         bar.close()

@@ -1,0 +1,208 @@
+"""Devices and data larger than memory in the training helpers (issue 20)."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from pyro_flows.data import Rows, load_npy, streaming_loc_scale
+from pyro_flows.distributed import resolve_device
+from pyro_flows.distributions import NormalizingFlow
+from pyro_flows.flows import build
+from pyro_flows.training import fit
+
+
+def small_flow(dim=2, dtype=torch.float64, context_dim=None):
+    torch.manual_seed(0)
+    transform = build("maf", dim, num_layers=2, hidden_dims=[8], context_dim=context_dim)
+    return NormalizingFlow(transform, dim, context_dim=context_dim).to(dtype)
+
+
+def params(model):
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+# -- devices ----------------------------------------------------------------------------------
+
+
+def test_resolve_device_without_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_device(None, torch.device("meta")) == torch.device("meta")
+    for name in ("cuda", "cuda:1"):
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device(name)
+    with pytest.raises(ValueError, match="device must be"):
+        resolve_device("gpu")
+
+
+def test_resolve_device_with_mocked_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert resolve_device("auto") == torch.device("cuda")
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(ValueError, match="2 CUDA device"):
+        resolve_device("cuda:2")
+    monkeypatch.setenv("LOCAL_RANK", "1")  # under torchrun, "cuda" is this process's GPU
+    assert resolve_device("cuda") == torch.device("cuda", 1)
+
+
+def test_fit_creates_no_tensor_on_the_default_device():
+    # Inside this block a tensor made without an explicit device lands on "meta" and the
+    # fit fails: every index and statistic must be made where the data or model are.
+    x = torch.randn(300, 2, dtype=torch.float64)
+    c = torch.randn(300, 1, dtype=torch.float64)
+    for model, kwargs in (
+        (small_flow(), {}),
+        (small_flow(context_dim=1), {"context": c}),
+    ):
+        with torch.device("meta"):
+            h = fit(model, x, num_steps=4, eval_every=2, progress=False, seed=0, **kwargs)
+        assert np.isfinite(h.val_nll).all()
+
+
+def test_fit_moves_the_model_to_device_and_batches_one_at_a_time():
+    class Spy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.loc = nn.Parameter(torch.zeros(2, dtype=torch.float64))
+            self.seen = []
+
+        def log_prob(self, x):
+            self.seen.append((x.device, x.dtype, x.shape[0]))
+            return torch.distributions.Normal(self.loc, 1.0).log_prob(x).sum(-1)
+
+    data = torch.randn(100, 2)  # float32 data, a float64 model: cast batch by batch
+    model = Spy()
+    fit(model, data, num_steps=3, batch_size=16, val_fraction=0, progress=False, device="cpu")
+    assert model.seen == [(torch.device("cpu"), torch.float64, 16)] * 3
+    with pytest.raises(ValueError, match="CUDA is not available|device"):
+        if torch.cuda.is_available():
+            pytest.skip("has CUDA")
+        fit(model, data, num_steps=1, progress=False, device="cuda")
+
+
+# -- data larger than memory ------------------------------------------------------------------
+
+
+class Pairs(Dataset):
+    def __init__(self, x, c):
+        self.x, self.c = x, c
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], self.c[i]
+
+
+def test_memmap_and_dataset_fit_like_the_array(tmp_path):
+    gen = torch.Generator().manual_seed(1)
+    x = (torch.randn(400, 2, generator=gen, dtype=torch.float64) * 3 + 5).numpy()
+    np.save(tmp_path / "x.npy", x)
+    kwargs = {"num_steps": 12, "batch_size": 32, "eval_every": 5, "progress": False, "seed": 3}
+    ref = small_flow()
+    h_ref = fit(ref, x, **kwargs)
+    for data in (load_npy(tmp_path / "x.npy"), TensorDataset(torch.from_numpy(x))):
+        model = small_flow()
+        h = fit(model, data, **kwargs)
+        # the same split, order and steps; only the standardisation is streamed
+        assert torch.allclose(params(model), params(ref), atol=1e-12)
+        assert h.val_nll == pytest.approx(h_ref.val_nll, abs=1e-10)
+
+
+def test_dataset_of_pairs_and_dataloader():
+    x, c = torch.randn(200, 2, dtype=torch.float64), torch.randn(200, 1, dtype=torch.float64)
+    kwargs = {"num_steps": 6, "batch_size": 20, "progress": False, "seed": 0}
+    ref = small_flow(context_dim=1)
+    fit(ref, x, context=c, **kwargs)
+    model = small_flow(context_dim=1)
+    fit(model, Pairs(x, c), **kwargs)
+    assert torch.allclose(params(model), params(ref), atol=1e-12)
+
+    loader = DataLoader(TensorDataset(x, c), batch_size=20, shuffle=True)
+    model = small_flow(context_dim=1)
+    h = fit(model, loader, num_steps=15, val_data=Pairs(x[:50], c[:50]), progress=False)
+    assert h.num_steps == 15 and len(h.val_nll) == 2  # 15 steps over 10-batch epochs
+    with pytest.raises(ValueError, match="context must be None with a DataLoader"):
+        fit(model, loader, context=c, num_steps=1, progress=False)
+
+
+def test_memmap_with_nan_is_refused(tmp_path):
+    x = np.random.default_rng(0).normal(size=(100, 2))
+    x[70, 1] = np.nan
+    np.save(tmp_path / "x.npy", x)
+    with pytest.raises(ValueError, match=r"data has a NaN or infinite value \(row 70, column 1\)"):
+        fit(small_flow(), load_npy(tmp_path / "x.npy"), num_steps=1, progress=False)
+
+
+def test_streaming_loc_scale_matches_the_in_memory_statistics():
+    from pyro_flows.transforms.standardization import robust_loc_scale
+
+    x = torch.from_numpy(np.random.default_rng(0).standard_t(3, size=(300_000, 3)) * 4 + 7)
+    loc, scale = streaming_loc_scale(Rows(x, "x"), max_rows=50_000)
+    exact_loc, exact_scale = robust_loc_scale(x)
+    assert torch.allclose(loc, exact_loc, atol=0.05)
+    assert torch.allclose(scale, exact_scale, rtol=0.02)
+    small = streaming_loc_scale(Rows(x[:1000], "x"))  # under max_rows: exact
+    assert torch.equal(small[0], robust_loc_scale(x[:1000])[0])
+
+
+_RSS_SCRIPT = textwrap.dedent(
+    """
+    import json, resource, sys
+    import numpy as np, torch
+    torch.set_num_threads(1)
+    from pyro_flows.data import load_npy
+    from pyro_flows.distributions import NormalizingFlow
+    from pyro_flows.flows import build
+    from pyro_flows.training import fit
+
+    def peak_mb():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    model = NormalizingFlow(build("maf", 50, num_layers=2, hidden_dims=[64]), 50)
+    model.log_prob(torch.randn(256, 50))  # the model and one step's activations
+    before = peak_mb()
+    x = load_npy(sys.argv[1])
+    h = fit(model, x, num_steps=5, batch_size=256, eval_every=5, val_fraction=0.01,
+            progress=False, seed=0)
+    print(json.dumps({"before": before, "after": peak_mb(), "nll": h.val_nll[-1]}))
+    """
+)
+
+
+@pytest.mark.slow
+def test_fit_on_a_300mb_memmap_keeps_memory_low(tmp_path):
+    path = tmp_path / "big.npy"
+    rows = 750_000
+    big = np.lib.format.open_memmap(path, mode="w+", dtype=np.float64, shape=(rows, 50))
+    rng = np.random.default_rng(0)
+    for i in range(0, rows, 50_000):
+        big[i : i + 50_000] = rng.normal(size=(50_000, 50))
+    big.flush()
+    del big
+    assert path.stat().st_size > 300e6
+    (tmp_path / "rss.py").write_text(_RSS_SCRIPT)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    out = subprocess.run(
+        [sys.executable, str(tmp_path / "rss.py"), str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        check=True,
+    )
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert np.isfinite(report["nll"])
+    # pages of the map read by the streaming passes are file-backed, not counted as growth
+    # of the heap; the index permutations (6 MB each) and chunks are
+    assert report["after"] - report["before"] < 100, report
