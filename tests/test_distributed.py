@@ -1,0 +1,100 @@
+"""Data-parallel training under torchrun, on CPU with gloo (issue 20)."""
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from pyro_flows.distributed import DistributedContext
+
+_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import torch
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+    from pyro_flows.distributions import NormalizingFlow
+    from pyro_flows.flows import build
+    from pyro_flows.training import fit
+
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(1)
+    data = torch.randn(500, 2, generator=gen, dtype=torch.float64) * 2 + 1
+    model = NormalizingFlow(build("maf", 2, num_layers=2, hidden_dims=[16]), 2).double()
+    if dist.is_available() and "RANK" in __import__("os").environ:
+        torch.manual_seed(100 + int(__import__("os").environ["RANK"]))  # DDP syncs the start
+    h = fit(model, data, num_steps=20, batch_size=int(sys.argv[2]), eval_every=5, lr=1e-2,
+            progress=True, seed=3)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    torch.save({"params": [p.detach() for p in model.parameters()], "history": h},
+               f"{sys.argv[1]}.{rank}")
+    """
+)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(tmp_path, batch_size):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(_free_port()),
+        str(tmp_path / "run.py"),
+        str(tmp_path / "ddp"),
+        str(batch_size),
+    ]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+
+
+def test_shard_needs_a_divisible_batch():
+    ctx = DistributedContext(rank=1, world_size=4)
+    assert ctx.shard(64) == slice(16, 32)
+    with pytest.raises(ValueError, match="batch_size=30 is not divisible by the world size 4"):
+        ctx.shard(30)
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_match_one_process(tmp_path):
+    (tmp_path / "run.py").write_text(_SCRIPT)
+    out = _torchrun(tmp_path, 64)
+    assert out.returncode == 0, out.stderr[-3000:]
+    single = subprocess.run(
+        [sys.executable, str(tmp_path / "run.py"), str(tmp_path / "one"), "64"],
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert single.returncode == 0, single.stderr[-3000:]
+    one = torch.load(f"{tmp_path / 'one'}.0", weights_only=False)
+    ranks = [torch.load(f"{tmp_path / 'ddp'}.{r}", weights_only=False) for r in (0, 1)]
+    for run in ranks:
+        for p, q in zip(run["params"], one["params"], strict=True):
+            assert torch.allclose(p, q, atol=1e-6, rtol=0)
+        assert run["history"].train_loss == pytest.approx(one["history"].train_loss, abs=1e-6)
+        assert run["history"].val_nll == pytest.approx(one["history"].val_nll, abs=1e-6)
+    # rank 0 alone shows progress: one final progress line, not two
+    assert out.stderr.count("fit: 100%") == 1, out.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_world_size_must_divide_the_batch(tmp_path):
+    (tmp_path / "run.py").write_text(_SCRIPT)
+    out = _torchrun(tmp_path, 63)
+    assert out.returncode != 0
+    assert "batch_size=63 is not divisible by the world size 2" in out.stderr
