@@ -133,3 +133,47 @@ def test_resume_continues_in_process_and_refuses_other_settings(tmp_path):
         fit(Line(), data, num_steps=2, progress=False, resume=True)
     with pytest.raises(ValueError, match="checkpoint_every must be"):
         Checkpointer.create(path, 0, None)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_flow_matching_interrupted_and_resumed_matches_uninterrupted(tmp_path):
+    from pyro_flows.matching import fit_flow_matching
+    from pyro_flows.nn import VectorField
+
+    data = torch.randn(300, 2, dtype=torch.float64) * 0.5 + 2
+    val = torch.randn(50, 2, dtype=torch.float64) * 0.5 + 2
+
+    def run(**kwargs):
+        torch.manual_seed(0)
+        field = VectorField(2, [16]).double()
+        h = fit_flow_matching(
+            field,
+            data,
+            val_data=val,
+            num_steps=20,
+            batch_size=32,
+            eval_every=5,
+            progress=False,
+            seed=4,
+            **kwargs,
+        )
+        return field, h
+
+    def interrupt(step, history):
+        if step == 13:  # after the checkpoint of step 10: as if the job were pre-empted
+            raise Interrupt
+
+    path = tmp_path / "fm.ckpt"
+    full_field, full_h = run()
+    with pytest.raises(Interrupt):
+        run(checkpoint=path, checkpoint_every=5, callback=interrupt)
+    assert torch.load(path, weights_only=False)["step"] == 10
+    field, h = run(checkpoint=path, checkpoint_every=5, resume=True)
+    for p, q in zip(field.parameters(), full_field.parameters(), strict=True):
+        assert torch.equal(p, q)
+    assert h.train_loss == full_h.train_loss and h.val_loss == full_h.val_loss
+    with pytest.raises(ValueError, match="not a checkpoint of fit "):
+        fit(Line(), data, num_steps=2, progress=False, resume=path)

@@ -206,3 +206,24 @@ def test_fit_on_a_300mb_memmap_keeps_memory_low(tmp_path):
     # pages of the map read by the streaming passes are file-backed, not counted as growth
     # of the heap; the index permutations (6 MB each) and chunks are
     assert report["after"] - report["before"] < 100, report
+
+
+def test_flow_matching_creates_no_tensor_on_the_default_device():
+    from pyro_flows.matching import fit_flow_matching
+    from pyro_flows.nn import VectorField
+
+    torch.manual_seed(0)
+    field = VectorField(2, [8]).double()
+    x = torch.randn(100, 2, dtype=torch.float64)
+    with torch.device("meta"):
+        h = fit_flow_matching(
+            field,
+            x,
+            val_data=x[:20],
+            num_steps=3,
+            eval_every=2,
+            progress=False,
+            seed=0,
+            device="cpu",
+        )
+    assert np.isfinite(h.train_loss).all() and np.isfinite(h.val_loss).all()

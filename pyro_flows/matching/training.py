@@ -3,9 +3,10 @@ r"""Training a vector field by conditional flow matching: minibatches, couplings
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,8 @@ from .._validation import (
     check_last_dim,
     check_positive_int,
 )
+from ..checkpoint import Checkpointer, set_rng_state
+from ..distributed import resolve_device, setup, wrap_ddp
 from .couplings import Coupling, get_coupling
 from .guidance import drop_context, flag_context
 from .losses import cfm_loss
@@ -89,6 +92,10 @@ def fit_flow_matching(
     seed: int | None = None,
     clip_grad_norm: float | None = None,
     callback: Callable[[int, FlowMatchingHistory], bool | None] | None = None,
+    device: str | torch.device | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 100,
+    resume: str | os.PathLike | bool | None = None,
 ) -> FlowMatchingHistory:
     r"""Trains ``field`` by conditional flow matching with Adam.
 
@@ -97,6 +104,15 @@ def fit_flow_matching(
     paired coupling), pairs them with the coupling, and takes a step on
     :func:`~pyro_flows.matching.cfm_loss` with times :math:`t \sim U(0, 1)`. No ODE is solved
     in training; only the optional validation NLL solves one per chunk of rows.
+
+    The field trains on ``device`` (by default where its parameters are); the rows stay where
+    they are and each minibatch moves alone. Under ``torchrun`` each rank takes an equal
+    slice of every global minibatch (the world size must divide ``batch_size``; an ``"ot"``
+    coupling then pairs within each slice) and DDP averages the gradients; rank 0 alone
+    shows progress and writes the checkpoint. ``checkpoint``/``resume`` work as in
+    :func:`~pyro_flows.training.fit`: the field, Adam's state, the step, the history, the
+    minibatch order and every random generator, so a resumed run takes the steps the
+    uninterrupted one would have.
 
     Arguments:
         field: The vector field, ``field(t, x)`` or ``field(t, x, context)`` with one time
@@ -130,6 +146,12 @@ def fit_flow_matching(
         clip_grad_norm: The maximum gradient norm per step, if given.
         callback: Called as ``callback(step, history)`` after every step; returning True
             stops training (its time is not counted in ``history.seconds``).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or a device to train on;
+            None for the device of the field's parameters.
+        checkpoint: The checkpoint file to write, or None.
+        checkpoint_every: The number of steps between checkpoints.
+        resume: A checkpoint file to continue from, or True for ``checkpoint`` when it
+            exists.
 
     Returns:
         A :class:`FlowMatchingHistory`.
@@ -147,11 +169,17 @@ def fit_flow_matching(
     params = [p for p in field.parameters() if p.requires_grad]
     if not params:
         raise ValueError("field has no trainable parameters; nothing to fit")
-    dtype, device = params[0].dtype, params[0].device
     check_positive_int(num_steps, "num_steps")
     check_positive_int(batch_size, "batch_size")
     check_positive_int(eval_every, "eval_every")
     check_choice(schedule, ("constant", "cosine"), "schedule")
+    device = resolve_device(device, params[0].device)
+    if device != params[0].device:
+        field.to(device)
+        params = [p for p in field.parameters() if p.requires_grad]
+    dtype = params[0].dtype
+    dist_ctx = setup(device)
+    saver = Checkpointer.create(checkpoint, checkpoint_every, resume, writer=dist_ctx.is_main)
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a positive number, got {lr!r}")
     if not (isinstance(context_dropout, (int, float)) and 0 <= context_dropout < 1):
@@ -159,7 +187,7 @@ def fit_flow_matching(
     path = get_path(path)
     coupling = get_coupling(coupling)
 
-    x1_all = as_rows(data, "data").to(device=device, dtype=dtype)
+    x1_all = as_rows(data, "data").to(dtype=dtype)
     n, dim = x1_all.shape
     if n == 0:
         raise ValueError(f"data is empty (shape {tuple(x1_all.shape)}): nothing to fit")
@@ -175,7 +203,7 @@ def fit_flow_matching(
         )
     x0_all = None
     if source_data is not None:
-        x0_all = as_rows(source_data, "source_data").to(x1_all)
+        x0_all = as_rows(source_data, "source_data").to(dtype=dtype)
         if x0_all.shape != x1_all.shape:
             raise ValueError(
                 f"source_data must have the shape of data {tuple(x1_all.shape)}, "
@@ -188,7 +216,7 @@ def fit_flow_matching(
         raise TypeError(f"source must be a Distribution or a callable, got {type(source)}")
     c_all = None
     if context is not None:
-        c_all = as_rows(context, "context").to(x1_all)
+        c_all = as_rows(context, "context").to(dtype=dtype)
         if c_all.shape[0] != n:
             raise ValueError(
                 f"context must have {n} rows (one per data row), got {c_all.shape[0]}"
@@ -210,29 +238,35 @@ def fit_flow_matching(
 
     xv = cv = None
     if val_data is not None:
-        xv = as_rows(val_data, "val_data").to(x1_all)
+        xv = as_rows(val_data, "val_data").to(device=device, dtype=dtype)
         check_last_dim(xv, dim, "val_data")
         if xv.shape[0] == 0:
             raise ValueError("val_data is empty: give at least one validation row, or None")
         if (c_all is None) != (val_context is None):
             raise ValueError("val_context must be given exactly when context is given")
         if val_context is not None:
-            cv = as_rows(val_context, "val_context").to(x1_all)
+            cv = as_rows(val_context, "val_context").to(device=device, dtype=dtype)
             if cv.shape[0] != xv.shape[0]:
                 raise ValueError("val_context must have one row per row of val_data")
     elif val_nll:
         raise ValueError("val_nll=True needs val_data")
 
+    state = saver.load("fit_flow_matching")
+    if seed is None and state is None and (saver.path is not None or dist_ctx.active):
+        seed = dist_ctx.broadcast_int(int(torch.randint(0, 2**62, (), device="cpu").item()))
+    if state is not None:
+        seed = state["config"]["seed"]
     if seed is not None:
-        torch.manual_seed(seed)
+        torch.manual_seed(seed + dist_ctx.rank)  # each rank its own noise and times
     gen = None if seed is None else torch.Generator().manual_seed(seed)
     batch_size = min(batch_size, n)
+    shard = dist_ctx.shard(batch_size)
 
     # Fixed validation draws, so the validation loss changes only with the field.
     val_fixed = None
     if xv is not None:
         g = torch.Generator().manual_seed(12345)
-        t_val = torch.rand(xv.shape[0], generator=g).to(xv)
+        t_val = torch.rand(xv.shape[0], generator=g, device="cpu").to(xv)
         x0_val = _draw_source(source, xv.shape[0], dim, xv) if x0_all is None else None
         val_fixed = (t_val, x0_val)
 
@@ -271,22 +305,40 @@ def fit_flow_matching(
 
     optimizer = torch.optim.Adam(params, lr=lr)
     history = FlowMatchingHistory()
-    order, pos = torch.randperm(n, generator=gen), 0
-    bar = progress_bar(num_steps, "flow matching", progress)
+    order, pos = torch.randperm(n, generator=gen, device="cpu"), 0
+    first_step = 1
+    config = {"seed": seed, "num_steps": num_steps, "batch_size": batch_size, "rows": n}
+    if state is not None:
+        Checkpointer.check_config(state, config, saver.resume)
+        field.load_state_dict(state["field"])
+        optimizer.load_state_dict(state["optimizer"])
+        history = FlowMatchingHistory(**state["history"])
+        order, pos, first_step = state["order"], state["pos"], state["step"] + 1
+        if gen is not None:
+            gen.set_state(state["gen"])
+        set_rng_state(state["rng"])
+        if state.get("stopped"):
+            first_step = num_steps + 1
+    net = wrap_ddp(field, dist_ctx, device)
+    bar = progress_bar(num_steps, "flow matching", progress and dist_ctx.is_main)
+    bar.update(first_step - 1)
     was_training = field.training
     try:
         field.train()
-        if xv is not None:
+        if xv is not None and state is None:
             validate(0, history)
-        for step in range(1, num_steps + 1):
+        for step in range(first_step, num_steps + 1):
             start = time.perf_counter()
             if pos + batch_size > n:
-                order, pos = torch.randperm(n, generator=gen), 0
-            idx = order[pos : pos + batch_size].to(device)
+                order, pos = torch.randperm(n, generator=gen, device="cpu"), 0
+            idx = order[pos : pos + batch_size][shard]
             pos += batch_size
-            x1 = x1_all[idx]
-            x0 = x0_all[idx] if x0_all is not None else _draw_source(source, len(idx), dim, x1)
-            ctx = None if c_all is None else c_all[idx]
+            x1 = x1_all[idx].to(device)
+            if x0_all is not None:
+                x0 = x0_all[idx].to(device)
+            else:
+                x0 = _draw_source(source, len(idx), dim, x1)
+            ctx = None if c_all is None else c_all[idx].to(device)
             if guidance:
                 ctx = drop_context(ctx, context_dropout)
             x0, x1, ctx = coupling(x0, x1, ctx)
@@ -294,8 +346,11 @@ def fit_flow_matching(
                 rate = 0.5 * lr * (1 + math.cos(math.pi * (step - 1) / num_steps))
                 for group in optimizer.param_groups:
                     group["lr"] = rate
-            loss = cfm_loss(field, x0, x1, path, context=ctx)
-            value = loss.item()
+            loss = cfm_loss(net, x0, x1, path, context=ctx)
+            if dist_ctx.active:
+                value = dist_ctx.all_sum(loss.detach()).item() / dist_ctx.world_size
+            else:
+                value = loss.item()
             if not math.isfinite(value):
                 raise FloatingPointError(
                     f"flow matching loss is {value} at step {step}; lower lr or set clip_grad_norm"
@@ -316,7 +371,24 @@ def fit_flow_matching(
                 bar.set_postfix(post)
             elif step % 20 == 0:
                 bar.set_postfix(train=f"{value:.3f}")
-            if callback is not None and callback(step, history):
+            stop = callback is not None and bool(callback(step, history))
+            stop = dist_ctx.any(stop)
+            if saver.due(step, step == num_steps or stop):
+                saver.save(
+                    "fit_flow_matching",
+                    {
+                        "step": step,
+                        "stopped": stop,
+                        "config": config,
+                        "field": field.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "history": asdict(history),
+                        "order": order,
+                        "pos": pos,
+                        "gen": None if gen is None else gen.get_state(),
+                    },
+                )
+            if stop:
                 break
     finally:
         bar.close()
