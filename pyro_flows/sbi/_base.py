@@ -125,6 +125,11 @@ class PosteriorEstimator:
                 "embedding_net must be 'mlp', 'identity', None or an nn.Module, got "
                 f"{type(embedding_net).__name__}"
             )
+        if isinstance(embedding_net, str) and embedding_net not in ("mlp", "identity"):
+            raise ValueError(
+                f"unknown embedding_net {embedding_net!r}; expected 'mlp', 'identity', None or "
+                "an nn.Module"
+            )
         self.prior = prior
         self.theta_dim = prior.event_shape[0]
         self.embedding_net = embedding_net
@@ -268,7 +273,7 @@ class PosteriorEstimator:
         """
         x_o = self._check_observation(x_o)
         base = self._distribution(x_o)
-        return _Posterior(base, [self.support_transform])
+        return dist.TransformedDistribution(base, [self.support_transform], validate_args=False)
 
     def sample(self, num_samples: int, x_o: Any) -> Tensor:
         r"""``num_samples`` draws of :math:`\theta \sim q(\theta \mid x_o)`, without gradients."""
@@ -369,10 +374,3 @@ class PosteriorEstimator:
 
     def _config(self) -> dict[str, Any]:
         raise NotImplementedError
-
-
-class _Posterior(dist.TransformedDistribution):
-    r"""A posterior over :math:`\theta`: the estimator's distribution pushed onto the support."""
-
-    def __init__(self, base: torch.distributions.Distribution, transforms: list) -> None:
-        super().__init__(base, transforms, validate_args=False)

@@ -101,7 +101,7 @@ class SiteLayout:
         batch = flat.shape[:-1]
         parts = flat.split(list(self.sizes), dim=-1)
         return {
-            n: p.reshape(*batch, *s)
+            n: p.reshape(batch + torch.Size(s))
             for n, s, p in zip(self.names, self.shapes, parts, strict=True)
         }
 
