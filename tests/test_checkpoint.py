@@ -177,3 +177,42 @@ def test_flow_matching_interrupted_and_resumed_matches_uninterrupted(tmp_path):
     assert h.train_loss == full_h.train_loss and h.val_loss == full_h.val_loss
     with pytest.raises(ValueError, match="not a checkpoint of fit "):
         fit(Line(), data, num_steps=2, progress=False, resume=path)
+
+
+def test_fit_svi_interrupted_and_resumed_matches_uninterrupted(tmp_path):
+    import pyro
+    import pyro.distributions as dist
+    from pyro.infer.autoguide import AutoNormal
+
+    from pyro_flows.infer import fit_svi
+
+    data = torch.randn(50, dtype=torch.float64) + 1.5
+    calls = []
+
+    def model(x, stop_at=None):
+        calls.append(1)
+        if stop_at is not None and len(calls) == stop_at:
+            raise Interrupt
+        mu = pyro.sample("mu", dist.Normal(torch.tensor(0.0, dtype=torch.float64), 5.0))
+        with pyro.plate("data", 50, subsample_size=10) as idx:
+            pyro.sample("x", dist.Normal(mu, 1.0), obs=x[idx])
+
+    def run(**kwargs):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        calls.clear()
+        guide = AutoNormal(model)
+        stop_at = kwargs.pop("stop_at", None)
+        losses = fit_svi(model, guide, data, num_steps=20, lr=0.05, stop_at=stop_at, **kwargs)
+        return losses, pyro.get_param_store().get_state()["params"]
+
+    path = tmp_path / "svi.ckpt"
+    full_losses, full = run()
+    with pytest.raises(Interrupt):
+        run(checkpoint=path, checkpoint_every=5, stop_at=13)  # the guide's pass + 12 steps
+    assert torch.load(path, weights_only=False)["step"] == 10
+    losses, params = run(checkpoint=path, checkpoint_every=5, resume=True)
+    assert losses == full_losses
+    assert params.keys() == full.keys()
+    for name in params:
+        assert torch.equal(params[name], full[name])

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import os
 import statistics
 import time
 import warnings
@@ -26,6 +28,8 @@ from pyro.optim import ClippedAdam
 from tqdm import tqdm
 
 from .._validation import check_positive_int
+from ..checkpoint import Checkpointer, set_rng_state
+from ..distributed import DistributedContext, resolve_device, setup
 from .diagnostics import ImportanceSamples, importance_sample, pareto_k_reading
 from .guides import AutoFlowGuide
 
@@ -69,6 +73,10 @@ def fit_svi(
     step_times: list[float] | None = None,
     elbo: ELBO | None = None,
     max_bad_steps: int = 20,
+    device: str | torch.device | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 100,
+    resume: str | os.PathLike | bool | None = None,
     **kwargs: Any,
 ) -> list[float]:
     r"""Fits ``guide`` to ``model`` with SVI and clipped Adam, skipping non-finite steps.
@@ -82,6 +90,17 @@ def fit_svi(
     ``max_bad_steps`` bad steps in a row, or if no step was finite, a
     :class:`FloatingPointError` names the parameters whose gradients were not finite (or says
     the loss was not) and suggests fixes.
+
+    With ``device``, the tensors among ``args`` and ``kwargs`` are moved there and the steps
+    run with it as torch's default device, so that the parameters the guide creates and the
+    model's constants land there too (by default nothing moves). ``checkpoint``/``resume``
+    work as in :func:`~pyro_flows.training.fit`: the parameter store, the optimiser's
+    per-parameter states and learning rates, the losses, the skipped steps and the random
+    states are saved, and a resumed run takes the steps the uninterrupted one would have.
+    Under ``torchrun`` each rank runs the model and guide on its own draws (a subsampled
+    ``pyro.plate`` draws its own rows, keeping its scale :math:`N / B`), the gradients are
+    averaged over the ranks (an ELBO estimate from :math:`W` times the draws), the
+    parameters start from rank 0's, and rank 0 alone writes the checkpoint.
 
     Arguments:
         model: A Pyro model.
@@ -99,6 +118,12 @@ def fit_svi(
             :class:`~pyro.infer.Trace_ELBO` with ``num_particles`` and
             ``vectorize_particles`` (which are then ignored).
         max_bad_steps: The number of consecutive non-finite steps that stops the fit.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or a device to run on, or
+            None to leave the tensors where they are.
+        checkpoint: The checkpoint file to write, or None.
+        checkpoint_every: The number of steps between checkpoints.
+        resume: A checkpoint file to continue from, or True for ``checkpoint`` when it
+            exists.
         kwargs: The keyword arguments of the model and the guide.
 
     Returns:
@@ -134,26 +159,68 @@ def fit_svi(
     losses: list[float] = []
     bad: list[int] = []  # the skipped steps (1-based)
     streak = 0
-    bar = tqdm(range(num_steps), disable=not progress, desc="svi", dynamic_ncols=True)
-    for step in bar:
-        t0 = time.perf_counter()
-        loss, params, error = _loss_and_grads(elbo, model, guide, args, kwargs)
-        finite = error is None and math.isfinite(loss) and _grads_finite(params)
-        if finite:
-            optim(params)
-            streak = 0
-        else:
-            bad.append(step + 1)
-            streak += 1
-            _scale_lr(optim, 0.5)
-        if not finite and (streak >= max_bad_steps or len(bad) == num_steps):
-            raise FloatingPointError(_diagnose(bad, streak, loss, params, error)) from error
-        zero_grads(params)
-        if step_times is not None:
-            step_times.append(time.perf_counter() - t0)
-        losses.append(loss)
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{loss:.3f}")
+    dev = None if device is None else resolve_device(device)
+    if dev is not None:
+        args, kwargs = _to_device(args, dev), _to_device(kwargs, dev)
+    dist_ctx = setup(dev)
+    saver = Checkpointer.create(checkpoint, checkpoint_every, resume, writer=dist_ctx.is_main)
+    state = saver.load("fit_svi")
+    start = 0
+    if state is not None:
+        Checkpointer.check_config(state, {"num_steps": num_steps}, saver.resume)
+        # the guide sets itself up (an autoguide traces the model, drawing from the prior)
+        # before the store and the random states are restored, as it did before step 1
+        with contextlib.nullcontext() if dev is None else dev:
+            poutine.block(poutine.trace(guide).get_trace)(*args, **kwargs)
+        pyro.get_param_store().set_state(state["params"])
+        optim.set_state(state["optim"])
+        optim.pt_optim_args["lr"] = state["lr"]
+        losses, bad, streak, start = state["losses"], state["bad"], state["streak"], state["step"]
+        set_rng_state(state["rng"])
+    bar = tqdm(
+        range(start, num_steps),
+        disable=not (progress and dist_ctx.is_main),
+        desc="svi",
+        dynamic_ncols=True,
+    )
+    with contextlib.nullcontext() if dev is None else dev:
+        if dist_ctx.active and state is None:
+            _share_initial_params(guide, args, kwargs, dist_ctx)
+        for step in bar:
+            t0 = time.perf_counter()
+            loss, params, error = _loss_and_grads(elbo, model, guide, args, kwargs)
+            if dist_ctx.active:
+                loss, error = _average_over_ranks(loss, params, error, dist_ctx)
+            finite = error is None and math.isfinite(loss) and _grads_finite(params)
+            if finite:
+                optim(params)
+                streak = 0
+            else:
+                bad.append(step + 1)
+                streak += 1
+                _scale_lr(optim, 0.5)
+            if not finite and (streak >= max_bad_steps or len(bad) == num_steps):
+                raise FloatingPointError(_diagnose(bad, streak, loss, params, error)) from error
+            zero_grads(params)
+            if step_times is not None:
+                step_times.append(time.perf_counter() - t0)
+            losses.append(loss)
+            if step % 50 == 0:
+                bar.set_postfix(loss=f"{loss:.3f}")
+            if saver.due(step + 1, step + 1 == num_steps):
+                saver.save(
+                    "fit_svi",
+                    {
+                        "step": step + 1,
+                        "config": {"num_steps": num_steps},
+                        "params": pyro.get_param_store().get_state(),
+                        "optim": optim.get_state(),
+                        "lr": optim.pt_optim_args["lr"],
+                        "losses": losses,
+                        "bad": bad,
+                        "streak": streak,
+                    },
+                )
     if bad:
         first = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
         warnings.warn(
@@ -184,6 +251,42 @@ def _loss_and_grads(
                 error = None
     params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
     return float(loss), params, error
+
+
+def _to_device(obj: Any, device: torch.device) -> Any:
+    """``obj`` with every tensor in it (in tuples, lists and dicts) moved to ``device``."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, tuple | list):
+        return type(obj)(_to_device(o, device) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    return obj
+
+
+def _share_initial_params(
+    guide: Callable, args: tuple, kwargs: dict, dist_ctx: DistributedContext
+) -> None:
+    """Creates the guide's parameters (one guide pass) and gives every rank rank 0's values."""
+    poutine.trace(guide).get_trace(*args, **kwargs)
+    store = pyro.get_param_store()
+    with torch.no_grad():
+        for name in sorted(store.keys()):
+            torch.distributed.broadcast(store[name].unconstrained(), src=0)
+
+
+def _average_over_ranks(
+    loss: float, params: set[torch.Tensor], error: Exception | None, dist_ctx: DistributedContext
+) -> tuple[float, Exception | None]:
+    """Averages the loss and the gradients over the ranks (NaN everywhere if any rank failed)."""
+    store = pyro.get_param_store()
+    bad = error is not None or not math.isfinite(loss)
+    loss = dist_ctx.all_sum(torch.tensor([loss if not bad else math.nan], dtype=torch.float64))
+    for p in sorted(params, key=store.param_name):
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        p.grad.copy_(dist_ctx.all_sum(p.grad) / dist_ctx.world_size)
+    return float(loss.item()) / dist_ctx.world_size, error
 
 
 def _grads_finite(params: set[torch.Tensor]) -> bool:
