@@ -227,3 +227,37 @@ def test_flow_matching_creates_no_tensor_on_the_default_device():
             device="cpu",
         )
     assert np.isfinite(h.train_loss).all() and np.isfinite(h.val_loss).all()
+
+
+def test_device_benchmark_runs_on_the_cpu(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "devices.py"
+    spec = importlib.util.spec_from_file_location("bench_devices", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    argv = [
+        "--devices",
+        "cpu",
+        "--flows",
+        "maf,glow",
+        "--dim",
+        "2",
+        "--layers",
+        "1",
+        "--rows",
+        "64",
+        "--batch",
+        "32",
+        "--repeats",
+        "1",
+        "--hidden",
+        "8",
+    ]
+    assert module.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "GPU rows were not run" in out
+    rows = [line.split() for line in out.splitlines() if line.startswith("cpu ")]
+    assert [r[1] for r in rows] == ["maf", "glow"]
+    assert all(float(v.replace(",", "")) > 0 for r in rows for v in r[2:])
