@@ -26,8 +26,11 @@ from ._validation import as_rows
 
 __all__ = [
     "CHUNK_ROWS",
+    "MemmapTable",
     "Rows",
     "check_finite_rows",
+    "column_moments",
+    "fit_estimator",
     "is_out_of_core",
     "load_npy",
     "release_pages",
@@ -307,15 +310,7 @@ def streaming_loc_scale(
     if n <= max_rows:
         sel = torch.arange(n, device="cpu") if idx is None else idx
         return robust_loc_scale(rows.gather(sel))
-    count, mean, m2 = 0, np.zeros(rows.dim), np.zeros(rows.dim)
-    for block in rows.chunks(idx):
-        b = block.double().numpy()
-        nb, mb = b.shape[0], b.mean(0)
-        delta = mb - mean
-        m2 += ((b - mb) ** 2).sum(0) + delta**2 * count * nb / (count + nb)
-        mean += delta * nb / (count + nb)
-        count += nb
-    sd = np.sqrt(m2 / count)
+    sd = column_moments(rows.chunks(idx))["std"]
     g = torch.Generator().manual_seed(seed)
     sub = torch.randperm(n, generator=g, device="cpu")[:max_rows].sort().values
     if idx is not None:
@@ -327,3 +322,286 @@ def streaming_loc_scale(
     scale = np.maximum(bulk, (q98 - q02) / _NORMAL_96)
     scale = np.where(scale > 0, scale, 1.0)
     return torch.from_numpy(np.array(loc)), torch.from_numpy(scale)
+
+
+class MemmapTable(Dataset):
+    """Chosen columns and rows of a memory-mapped ``.npy`` table, read with ``pread``.
+
+    A :class:`~torch.utils.data.Dataset` whose items are rows (or ``(x, c)`` pairs when
+    ``context_columns`` are given), as float64 tensors; ``__getitems__`` reads a minibatch at
+    once, :meth:`blocks` the rows in file order for a streaming pass. Nothing is read until
+    asked for, so a table larger than the memory costs only the rows in use.
+
+    Arguments:
+        array: A 2-D memmap (:func:`load_npy`).
+        columns: The data columns (default: all).
+        context_columns: The context columns, or None.
+        index: The rows (default: all), e.g. a training split.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     np.save(pathlib.Path(d) / "t.npy", np.arange(12.0).reshape(4, 3))
+        ...     t = MemmapTable(load_npy(pathlib.Path(d) / "t.npy"), [0, 2], [1])
+        ...     x, c = t.__getitems__([3, 1])
+        ...     len(t), x.tolist(), c.tolist()
+        (4, [[9.0, 11.0], [3.0, 5.0]], [[10.0], [4.0]])
+    """
+
+    def __init__(
+        self,
+        array: np.ndarray,
+        columns: list[int] | None = None,
+        context_columns: list[int] | None = None,
+        index: np.ndarray | None = None,
+    ) -> None:
+        if array.ndim != 2 or array.dtype.kind not in "iuf":
+            raise ValueError(
+                f"a table must be a 2-D array of numbers, got shape {array.shape} and dtype "
+                f"{array.dtype}"
+            )
+        self.array = array
+        self.columns = list(range(array.shape[1])) if columns is None else list(columns)
+        self.context_columns = None if context_columns is None else list(context_columns)
+        self.index = index
+        self.reader = _FileReader(array) if _FileReader.usable(array) else None
+
+    def subset(self, index: np.ndarray) -> MemmapTable:
+        """The rows ``index`` of this table (positions in it), as a table."""
+        index = np.asarray(index, dtype=np.int64)
+        base = index if self.index is None else self.index[index]
+        return MemmapTable(self.array, self.columns, self.context_columns, base)
+
+    def __len__(self) -> int:
+        return self.array.shape[0] if self.index is None else len(self.index)
+
+    def _read(self, rows: np.ndarray) -> np.ndarray:
+        if self.reader is not None:
+            return self.reader.rows(rows)
+        out = np.array(self.array[rows])
+        release_pages(self.array)
+        return out
+
+    def _split(self, block: np.ndarray) -> Tensor | tuple[Tensor, Tensor]:
+        x = torch.from_numpy(np.ascontiguousarray(block[:, self.columns], dtype=np.float64))
+        if self.context_columns is None:
+            return x
+        c = block[:, self.context_columns]
+        return x, torch.from_numpy(np.ascontiguousarray(c, dtype=np.float64))
+
+    def __getitem__(self, i: int) -> Tensor | tuple[Tensor, Tensor]:
+        out = self.__getitems__([int(i)])
+        return out[0] if isinstance(out, Tensor) else (out[0][0], out[1][0])
+
+    def __getitems__(self, idx: list[int]) -> Tensor | tuple[Tensor, Tensor]:
+        """The rows ``idx`` (positions in this table): a tensor, or a pair with the context."""
+        rows = np.asarray(idx, dtype=np.int64)
+        if self.index is not None:
+            rows = self.index[rows]
+        return self._split(self._read(rows))
+
+    def blocks(self, chunk: int | None = None) -> Iterator[Tensor | tuple[Tensor, Tensor]]:
+        """This table's rows in file order, in chunks of about 8 MB."""
+        dim = self.array.shape[1]
+        chunk = chunk or max(1024, _CHUNK_VALUES // dim)
+        n = self.array.shape[0]
+        mask = None
+        if self.index is not None:
+            mask = np.zeros(n, dtype=bool)
+            mask[self.index] = True
+        for i in range(0, n, chunk):
+            stop = min(i + chunk, n)
+            if self.reader is not None:
+                block = self.reader.block(i, stop)
+            else:
+                block = np.array(self.array[i:stop])
+                release_pages(self.array)
+            yield self._split(block if mask is None else block[mask[i:stop]])
+
+
+class _Moments:
+    """Accumulates the count, mean, sum of squares, minimum and maximum of columns."""
+
+    def __init__(self) -> None:
+        self.count, self.mean, self.m2, self.low, self.high = 0, None, None, None, None
+
+    def update(self, b: np.ndarray) -> None:
+        if b.shape[0] == 0:
+            return
+        nb, mb = b.shape[0], b.mean(0)
+        if self.mean is None:
+            self.mean, self.m2 = np.zeros_like(mb), np.zeros_like(mb)
+            self.low, self.high = b.min(0), b.max(0)
+        delta = mb - self.mean
+        self.m2 += ((b - mb) ** 2).sum(0) + delta**2 * self.count * nb / (self.count + nb)
+        self.mean += delta * nb / (self.count + nb)
+        self.low, self.high = np.minimum(self.low, b.min(0)), np.maximum(self.high, b.max(0))
+        self.count += nb
+
+    def result(self) -> dict[str, np.ndarray | int]:
+        if self.count == 0:
+            raise ValueError("no rows to summarise")
+        std = np.sqrt(self.m2 / self.count)
+        return {
+            "count": self.count,
+            "mean": self.mean,
+            "std": std,
+            "min": self.low,
+            "max": self.high,
+        }
+
+
+def column_moments(blocks: Iterator[Tensor]) -> dict[str, np.ndarray | int]:
+    """One streaming pass: the count, mean, standard deviation, minimum and maximum per column.
+
+    The mean and sum of squares are combined chunk by chunk in float64 (Chan et al.'s update),
+    so the standard deviation (``ddof=0``) matches ``x.std(0)`` of the whole to rounding.
+
+    Example:
+        >>> x = torch.randn(1000, 3, dtype=torch.float64)
+        >>> m = column_moments(iter(x.split(128)))
+        >>> bool(np.allclose(m["std"], x.std(0, unbiased=False).numpy()))
+        True
+    """
+    acc = _Moments()
+    for block in blocks:
+        acc.update(block.double().numpy())
+    return acc.result()
+
+
+def fit_estimator(
+    est: Any,
+    table: MemmapTable | np.ndarray,
+    *,
+    feature_names: list[str] | None = None,
+    context_names: list[str] | None = None,
+    checkpoint: Any = None,
+    checkpoint_every: int = 100,
+    resume: Any = None,
+) -> Any:
+    """Fits a :class:`~pyro_flows.density.DensityEstimator` to a table it never holds whole.
+
+    What :meth:`~pyro_flows.density.DensityEstimator.fit` does with a memmap or a
+    :class:`MemmapTable`: the same split of the rows (by index), the column means and
+    standard deviations of the training rows from one streaming pass (:func:`column_moments`,
+    which also finds NaN, infinite and constant columns), and
+    :func:`~pyro_flows.training.fit` reading each minibatch from the file. What needs every
+    row in memory is refused or left out: ``flow="auto"`` (it compares several candidates),
+    ``base="gmm"`` (initialised by EM), and the lattice dequantisation and discrete-column
+    checks (so ``dequantize`` is not applied).
+
+    Arguments:
+        est: The estimator, whose settings are used.
+        table: The table (a memmap is taken whole, every column data).
+        feature_names: The names of the data columns, or None.
+        context_names: The names of the context columns, or None.
+        checkpoint: A checkpoint file (see :func:`~pyro_flows.training.fit`).
+        checkpoint_every: The number of steps between checkpoints.
+        resume: A checkpoint file to continue from, or True.
+
+    Returns:
+        ``est``, fitted.
+    """
+    from . import density
+    from .density import _seeded
+    from .distributed import resolve_device
+    from .training import fit
+
+    if not isinstance(table, MemmapTable):
+        table = MemmapTable(table)
+    est._check_params()
+    if est.flow == "auto":
+        raise ValueError(
+            "flow='auto' compares several candidates on rows held in memory; name a family "
+            "(e.g. flow='maf') to fit a memory-mapped table"
+        )
+    if est.base == "gmm":
+        raise ValueError("base='gmm' is initialised by EM on rows in memory; use base='normal'")
+    if table.index is not None:
+        raise ValueError("table must be a whole table, not a subset of its rows")
+    n, dim = len(table), len(table.columns)
+    cdim = None if table.context_columns is None else len(table.context_columns)
+    if n < 2:
+        raise ValueError(f"too few rows to fit: X has {n} row(s), need >= 2")
+    frac = est.val_fraction
+    if frac is None:  # the estimator's default: a quarter of a small table, else a tenth
+        frac = 0.25 if n < getattr(density, "_AUTO_SMALL", 2000) else 0.1
+    if not (isinstance(frac, int | float) and 0 <= frac < 1):
+        raise ValueError(f"val_fraction must be in [0, 1), got {frac!r}")
+    num_val = int(frac * n)
+    if frac > 0 and num_val < 1:
+        raise ValueError(f"too few rows for a validation split: val_fraction={frac} of {n} rows")
+    if est.patience is not None and not num_val:
+        raise ValueError("patience needs validation rows: set val_fraction > 0")
+    perm = np.random.default_rng(est.seed).permutation(n)
+    train = table.subset(perm[num_val:])
+    val = table.subset(perm[:num_val]) if num_val else None
+
+    # one pass in file order: every row checked for NaN, the training rows summarised
+    train_mask = np.ones(n, dtype=bool)
+    train_mask[perm[:num_val]] = False
+    whole = MemmapTable(table.array, table.columns, table.context_columns)
+    accs, pos = (_Moments(), _Moments()), 0
+    for block in whole.blocks():
+        parts = (block,) if isinstance(block, Tensor) else block
+        keep = train_mask[pos : pos + parts[0].shape[0]]
+        for k, (part, what) in enumerate(zip(parts, ("X", "context"), strict=False)):
+            b = part.numpy()
+            with np.errstate(over="ignore", invalid="ignore"):
+                finite = np.isfinite(b.sum())
+            if not finite and not np.isfinite(b).all():
+                r, j = np.argwhere(~np.isfinite(b))[0]
+                names = feature_names if k == 0 else context_names
+                raise ValueError(
+                    f"{what} column {repr(names[j]) if names else j} has a NaN or infinite "
+                    f"value (row {pos + int(r)}); clean or drop those rows"
+                )
+            accs[k].update(b[keep])
+        pos += parts[0].shape[0]
+    m = accs[0].result()
+    for j in np.flatnonzero(m["min"] == m["max"]):
+        name = repr(feature_names[j]) if feature_names else str(j)
+        raise ValueError(
+            f"X column {name} is constant on the training rows (every value is "
+            f"{m['min'][j]:g}): it has no density; drop the column"
+        )
+    mean = scale = cmean = cscale = None
+    if est.standardize:
+        mean, scale = m["mean"], m["std"]
+    if cdim is not None and est.standardize:
+        mc = accs[1].result()
+        cmean, cscale = mc["mean"], np.where(mc["std"] > 0, mc["std"], 1.0)
+    device = resolve_device(est.device)
+    with _seeded(est.seed):
+        model = est._build(dim, cdim, mean, scale, cmean, cscale)
+        history = fit(
+            model,
+            train,
+            val_data=val,
+            val_fraction=0.0,
+            num_steps=est.num_steps,
+            batch_size=est.batch_size,
+            lr=est.lr,
+            weight_decay=est.weight_decay,
+            patience=est.patience,
+            eval_every=est.eval_every,
+            progress=est.progress,
+            seed=est.seed,
+            device=device,
+            checkpoint=checkpoint,
+            checkpoint_every=checkpoint_every,
+            resume=resume,
+        )
+    model.eval()
+    est.flow_ = model
+    est.history_ = history
+    est.n_features_in_ = dim
+    est.feature_names_in_ = feature_names
+    est.context_dim_ = cdim
+    est.context_names_in_ = context_names
+    est.mean_, est.scale_ = mean, scale
+    est.context_mean_, est.context_scale_ = cmean, cscale
+    est.lattice_ = None
+    est.selection_ = None
+    est.info_ = {"num_train": n - num_val, "num_val": num_val, "out_of_core": True}
+    return est

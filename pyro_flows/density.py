@@ -25,6 +25,8 @@ from torch import Tensor
 from . import transforms as T
 from ._validation import check_choice, check_hidden_dims, check_positive_int
 from .bases import _COVARIANCES, GaussianMixture
+from .data import MemmapTable, fit_estimator
+from .distributed import resolve_device
 from .distributions import NormalizingFlow
 from .flows import FAMILIES, _accepts, build, lookup_family
 from .nn.made import HiddenWidthWarning
@@ -339,6 +341,10 @@ class DensityEstimator:
             so the model starts at the mixture fitted to the standardised data itself.
         base_components: The number of mixture components :math:`K` of ``base="gmm"``.
         base_covariance: ``"full"`` or ``"diag"``, the mixture's covariances.
+        device: Where to fit and score: ``"cpu"``, ``"auto"`` (CUDA when present),
+            ``"cuda"`` or ``"cuda:N"``. The rows stay on the CPU and move there a minibatch
+            (or a chunk) at a time; the model file does not record it, so a model fitted on
+            a GPU loads on a CPU-only machine (see :meth:`load`).
 
     Example:
         >>> rng = np.random.default_rng(0)
@@ -374,6 +380,7 @@ class DensityEstimator:
         base: str = "normal",
         base_components: int = 1,
         base_covariance: str = "full",
+        device: str = "cpu",
     ) -> None:
         self.flow = flow
         self.num_layers = num_layers
@@ -393,6 +400,7 @@ class DensityEstimator:
         self.base = base
         self.base_components = base_components
         self.base_covariance = base_covariance
+        self.device = device
 
     # -- scikit-learn protocol ----------------------------------------------------------------
     @classmethod
@@ -551,17 +559,28 @@ class DensityEstimator:
         val_context: Any = None,
         feature_names: Sequence[str] | None = None,
         context_names: Sequence[str] | None = None,
+        checkpoint: str | os.PathLike | None = None,
+        checkpoint_every: int = 100,
+        resume: str | os.PathLike | bool | None = None,
     ) -> DensityEstimator:
         """Fits the flow to the rows of ``X`` (given the rows of ``context``); returns ``self``.
 
         Arguments:
             X: The data, shape ``(num_rows, num_features)``: a numpy array, a tensor or a
-                pandas DataFrame (whose column names are kept).
+                pandas DataFrame (whose column names are kept); or a table larger than the
+                memory, a memmap or a :class:`~pyro_flows.data.MemmapTable` (with its context
+                columns), read a minibatch at a time (see
+                :func:`~pyro_flows.data.fit_estimator` for what that leaves out).
             context: The conditioning values, one row per row of ``X``, or None.
             val_X: Explicit validation rows (then ``val_fraction`` is ignored).
             val_context: The context rows of ``val_X``.
             feature_names: Names of the columns of ``X`` (saved with the model).
             context_names: Names of the columns of ``context``.
+            checkpoint: A checkpoint file for the training run (see
+                :func:`~pyro_flows.training.fit`).
+            checkpoint_every: The number of steps between checkpoints.
+            resume: A checkpoint file to continue from, or True for ``checkpoint`` when it
+                exists.
 
         Raises:
             ValueError: For NaN/inf values, a constant column, too few rows for the
@@ -569,6 +588,22 @@ class DensityEstimator:
                 the column or argument.
         """
         self._check_params()
+        device = resolve_device(self.device)
+        if isinstance(X, np.memmap | MemmapTable):  # a table larger than the memory
+            if context is not None or val_X is not None:
+                raise ValueError(
+                    "a memory-mapped X carries its context columns (MemmapTable) and is split "
+                    "by val_fraction: context and val_X must be None"
+                )
+            return fit_estimator(
+                self,
+                X,
+                feature_names=None if feature_names is None else list(feature_names),
+                context_names=None if context_names is None else list(context_names),
+                checkpoint=checkpoint,
+                checkpoint_every=checkpoint_every,
+                resume=resume,
+            )
         x, names = _as_table(X, "X")
         names = _column_names(feature_names, x.shape[1], "feature_names") or names
         _check_finite_columns(x, "X", names)
@@ -666,6 +701,10 @@ class DensityEstimator:
                 eval_every=self.eval_every,
                 progress=self.progress,
                 seed=self.seed,
+                device=device,
+                checkpoint=checkpoint,
+                checkpoint_every=checkpoint_every,
+                resume=resume,
             )
         model.eval()
         self.flow_ = model
@@ -692,6 +731,10 @@ class DensityEstimator:
             return None
         return self.context_names_in_ if context else self.feature_names_in_
 
+    def _device(self) -> torch.device:
+        """The device of the fitted flow, where its inputs go."""
+        return next(iter(self.flow_.buffers())).device
+
     def _inputs(self, X: Any, context: Any) -> tuple[Tensor, Tensor | None]:
         self._check_fitted()
         dtype = next(iter(self.flow_.buffers())).dtype
@@ -703,7 +746,7 @@ class DensityEstimator:
             )
         _check_finite_columns(x, "X", self.feature_names_in_)
         c = self._context(context, x.shape[0])
-        return torch.as_tensor(x, dtype=dtype), c
+        return torch.as_tensor(x, dtype=dtype, device=self._device()), c
 
     def _context(self, context: Any, num_rows: int | None) -> Tensor | None:
         dtype = next(iter(self.flow_.buffers())).dtype
@@ -740,7 +783,7 @@ class DensityEstimator:
         _check_finite_columns(c, "context", self.context_names_in_)
         if num_rows is not None and c.shape[0] not in (1, num_rows):
             raise ValueError(f"context must have 1 or {num_rows} rows, got {c.shape[0]}")
-        return torch.as_tensor(c, dtype=dtype)
+        return torch.as_tensor(c, dtype=dtype, device=self._device())
 
     def log_prob(self, X: Any, context: Any = None) -> Tensor:
         r"""Returns :math:`\log q(x \mid c)` per row as a tensor that carries gradients.
@@ -799,6 +842,7 @@ class DensityEstimator:
             return None if a is None else [float(v) for v in a]
 
         params = self.get_params()
+        params.pop("device")  # where it ran, not what it is: a file loads on any machine
         if params["hidden_dims"] is not None:
             params["hidden_dims"] = list(params["hidden_dims"])
         return {
@@ -870,8 +914,12 @@ class DensityEstimator:
             )
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> DensityEstimator:
-        """Reads a model written by :meth:`save`.
+    def load(cls, path: str | os.PathLike, device: str = "cpu") -> DensityEstimator:
+        """Reads a model written by :meth:`save` onto ``device`` (a GPU-fitted one too).
+
+        Arguments:
+            path: The model file.
+            device: Where to score and sample: ``"cpu"``, ``"auto"``, ``"cuda"``, ...
 
         Raises:
             FileNotFoundError: If ``path`` does not exist.
@@ -896,7 +944,10 @@ class DensityEstimator:
                 f"{path}: not a pyro_flows model file (a torch file without the "
                 "DensityEstimator header; was it written by DensityEstimator.save?)"
             )
-        return cls._from_payload(payload, str(path))
+        est = cls._from_payload(payload, str(path))
+        est.flow_.to(resolve_device(device))
+        est.device = device
+        return est
 
     @classmethod
     def _from_payload(cls, payload: dict[str, Any], path: str) -> DensityEstimator:
@@ -964,6 +1015,7 @@ class DensityEstimator:
         est.context_mean_, est.context_scale_ = arr(sd["context_mean"]), arr(sd["context_scale"])
         est.info_ = meta.get("info") or {}
         est.library_version_ = meta["library_version"]
+        est.device = "cpu"
         return est
 
 

@@ -184,7 +184,7 @@ def test_sklearn_protocol(fitted):
         (np.zeros(5), {}, r"reshape\(-1, 1\)"),
         (np.ones((50, 2)).cumsum(0), {"flow": "naf"}, r"cannot score data"),
         (np.ones((50, 2)).cumsum(0), {"flow": "nope"}, r"unknown flow 'nope'"),
-        (np.ones((50, 1)).cumsum(0), {}, r"needs at least 2 columns"),
+        (np.ones((50, 1)).cumsum(0), {"flow": "maf"}, r"needs at least 2 columns"),
         (np.ones((50, 2)).cumsum(0), {"patience": 2, "val_fraction": 0.0}, r"patience needs"),
     ],
 )
@@ -322,10 +322,11 @@ def test_format_version_1_files_still_load(fitted, tmp_path):
     old = tmp_path / "v1.pt"
     fitted.save(old)
     payload = _payload(old)
-    assert payload["format_version"] == FORMAT_VERSION == 2
+    assert payload["format_version"] == FORMAT_VERSION == 3
     meta = json.loads(payload["meta"])
-    for key in ("base", "base_components", "base_covariance"):
+    for key in ("base", "base_components", "base_covariance", "dequantize"):
         del meta["params"][key]
+    del meta["lattice"], meta["selection"]
     payload["meta"] = json.dumps(meta, sort_keys=True)
     payload["format_version"] = 1
     payload["sha256"] = density._digest(payload["meta"], payload["state_dict"])
@@ -349,7 +350,7 @@ def test_format_version_1_files_still_load(fitted, tmp_path):
 def test_base_errors(kwargs, match):
     x = np.random.default_rng(0).normal(size=(50, 2))
     with pytest.raises(ValueError, match=match):
-        DensityEstimator(num_layers=1, hidden_dims=(4,), num_steps=1, **kwargs).fit(x)
+        DensityEstimator("maf", num_layers=1, hidden_dims=(4,), num_steps=1, **kwargs).fit(x)
 
 
 # -- tables as users pass them: DataFrames, pickles, one column, bad scales --------------------

@@ -98,3 +98,62 @@ def test_world_size_must_divide_the_batch(tmp_path):
     out = _torchrun(tmp_path, 63)
     assert out.returncode != 0
     assert "batch_size=63 is not divisible by the world size 2" in out.stderr
+
+
+@pytest.mark.slow
+def test_cli_fit_under_torchrun_writes_one_model_that_scores_like_one_process(tmp_path):
+    import numpy as np
+
+    from pyro_flows.density import DensityEstimator
+
+    x = np.random.default_rng(0).normal(size=(600, 3)) * [1.0, 2.0, 0.5]
+    np.save(tmp_path / "x.npy", x)
+    args = [
+        "fit",
+        str(tmp_path / "x.npy"),
+        "--layers",
+        "2",
+        "--hidden",
+        "16",
+        "--steps",
+        "20",
+        "--batch-size",
+        "64",
+        "--dtype",
+        "float64",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(_free_port()),
+        "-m",
+        "pyro_flows",
+        *args,
+        "--out",
+        str(tmp_path / "ddp.pt"),
+    ]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count("saved ") == 1  # rank 0 alone reports and writes
+    one = subprocess.run(
+        [sys.executable, "-m", "pyro_flows", *args, "--out", str(tmp_path / "one.pt")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp.pt", "one.pt", "x.npy"]
+    ddp = DensityEstimator.load(tmp_path / "ddp.pt").score_samples(x)
+    single = DensityEstimator.load(tmp_path / "one.pt").score_samples(x)
+    assert np.allclose(ddp, single, atol=1e-6, rtol=0)

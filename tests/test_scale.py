@@ -1,5 +1,6 @@
 """Devices and data larger than memory in the training helpers (issue 20)."""
 
+import inspect
 import json
 import os
 import subprocess
@@ -169,19 +170,36 @@ _RSS_SCRIPT = textwrap.dedent(
     def peak_mb():
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-    model = NormalizingFlow(build("maf", 50, num_layers=2, hidden_dims=[64]), 50)
-    model.log_prob(torch.randn(256, 50))  # the model and one step's activations
+    # The same fit on a small file first: the model, the optimiser and torch's first-use
+    # allocations (some 70-100 MB of a training loop, whatever the data) are then "before".
+    small = sys.argv[1] + ".small.npy"
+    np.save(small, np.random.default_rng(1).normal(size=(2000, 50)))
+
+    def run(path):
+        if sys.argv[2] == "cli":  # pyro-flows fit DATA --memmap yes: the DensityEstimator path
+            from pyro_flows.cli.main import main
+
+            assert main(["fit", path, "--memmap", "yes", "--out", path + ".pt", "--steps", "5",
+                         "--layers", "2", "--hidden", "64", "--batch-size", "256",
+                         "--val-fraction", "0.01", "--no-progress", "--device", "cpu"]) == 0
+            return 0.0
+        torch.manual_seed(0)
+        model = NormalizingFlow(build("maf", 50, num_layers=2, hidden_dims=[64]), 50)
+        h = fit(model, load_npy(path), num_steps=5, batch_size=256, eval_every=5,
+                val_fraction=0.01, progress=False, seed=0)
+        return h.val_nll[-1]
+
+    run(small)
     before = peak_mb()
-    x = load_npy(sys.argv[1])
-    h = fit(model, x, num_steps=5, batch_size=256, eval_every=5, val_fraction=0.01,
-            progress=False, seed=0)
-    print(json.dumps({"before": before, "after": peak_mb(), "nll": h.val_nll[-1]}))
+    nll = run(sys.argv[1])
+    print(json.dumps({"before": before, "after": peak_mb(), "nll": nll}))
     """
 )
 
 
 @pytest.mark.slow
-def test_fit_on_a_300mb_memmap_keeps_memory_low(tmp_path):
+@pytest.mark.parametrize("entry", ["fit", "cli"])
+def test_fit_on_a_300mb_memmap_keeps_memory_low(tmp_path, entry):
     path = tmp_path / "big.npy"
     rows = 750_000
     big = np.lib.format.open_memmap(path, mode="w+", dtype=np.float64, shape=(rows, 50))
@@ -194,7 +212,7 @@ def test_fit_on_a_300mb_memmap_keeps_memory_low(tmp_path):
     (tmp_path / "rss.py").write_text(_RSS_SCRIPT)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     out = subprocess.run(
-        [sys.executable, str(tmp_path / "rss.py"), str(path)],
+        [sys.executable, str(tmp_path / "rss.py"), str(path), entry],
         capture_output=True,
         text=True,
         timeout=300,
@@ -261,3 +279,194 @@ def test_device_benchmark_runs_on_the_cpu(capsys):
     rows = [line.split() for line in out.splitlines() if line.startswith("cpu ")]
     assert [r[1] for r in rows] == ["maf", "glow"]
     assert all(float(v.replace(",", "")) > 0 for r in rows for v in r[2:])
+
+
+# -- DensityEstimator and the command line ------------------------------------------------------
+
+
+def _table(path, rows=400, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, 2)) * [1.0, 3.0] + [5.0, -2.0]
+    np.save(path, x)
+    return x
+
+
+def test_density_estimator_device_and_load(tmp_path, monkeypatch):
+    from pyro_flows.density import DensityEstimator
+
+    x = _table(tmp_path / "x.npy")
+    est = DensityEstimator(
+        "maf", num_layers=1, hidden_dims=(8,), num_steps=5, seed=0, device="cpu"
+    ).fit(x)
+    assert est.flow_.base_loc.device.type == "cpu"
+    est.save(tmp_path / "m.pt")
+    loaded = DensityEstimator.load(tmp_path / "m.pt", device="auto")
+    assert loaded.device == "auto" and "device" not in loaded._meta()["params"]
+    assert np.allclose(loaded.score_samples(x[:5]), est.score_samples(x[:5]))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        DensityEstimator("maf", num_steps=1, device="cuda").fit(x)
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        DensityEstimator.load(tmp_path / "m.pt", device="cuda:0")
+    with pytest.raises(
+        ValueError, match="checkpoint needs a named flow family|unknown flow 'auto'"
+    ):
+        DensityEstimator("auto").fit(x, checkpoint=tmp_path / "c.pt")
+
+
+@pytest.mark.parametrize("command", ["fit", "score", "sample"])
+def test_cli_device_cuda_without_cuda_is_one_line(command, tmp_path, capsys, monkeypatch):
+    from pyro_flows.cli.main import main
+    from pyro_flows.density import DensityEstimator
+
+    _table(tmp_path / "x.npy")
+    DensityEstimator("maf", num_layers=1, hidden_dims=(8,), num_steps=2, seed=0).fit(
+        np.load(tmp_path / "x.npy")
+    ).save(tmp_path / "m.pt")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    argv = {
+        "fit": ["fit", str(tmp_path / "x.npy"), "--out", str(tmp_path / "new.pt")],
+        "score": ["score", str(tmp_path / "m.pt"), str(tmp_path / "x.npy")],
+        "sample": ["sample", str(tmp_path / "m.pt"), "--out", str(tmp_path / "s.npy")],
+    }[command]
+    assert main([*argv, "--device", "cuda"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith(f"pyro-flows {command}: error: device 'cuda' was asked for")
+    assert not (tmp_path / "new.pt").exists() and not (tmp_path / "s.npy").exists()
+
+
+def test_cli_fit_checkpoint_and_resume(tmp_path, capsys):
+    from pyro_flows.cli.main import main
+    from pyro_flows.density import DensityEstimator
+
+    x = _table(tmp_path / "x.npy")
+    common = [
+        "fit",
+        str(tmp_path / "x.npy"),
+        "--layers",
+        "1",
+        "--hidden",
+        "8",
+        "--steps",
+        "12",
+        "--dtype",
+        "float64",
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
+    assert main([*common, "--out", str(tmp_path / "plain.pt")]) == 0
+    ckpt = tmp_path / "run.ckpt"
+    argv = [
+        *common,
+        "--out",
+        str(tmp_path / "a.pt"),
+        "--checkpoint",
+        str(ckpt),
+        "--checkpoint-every",
+        "5",
+        "--resume",
+    ]
+    assert main(argv) == 0  # no checkpoint yet: a fresh start
+    assert torch.load(ckpt, weights_only=False)["step"] == 12
+    argv[argv.index(str(tmp_path / "a.pt"))] = str(tmp_path / "b.pt")
+    assert main(argv) == 0  # resumed from the finished run: the same model
+    a, b = (DensityEstimator.load(tmp_path / f"{n}.pt").score_samples(x) for n in "ab")
+    assert np.array_equal(a, b)
+    capsys.readouterr()
+    assert main([*common, "--out", str(tmp_path / "c.pt"), "--resume"]) == 1
+    assert "--resume continues from --checkpoint" in capsys.readouterr().err
+
+
+def test_density_estimator_on_a_memmap_fits_like_in_memory(tmp_path):
+    from pyro_flows.data import MemmapTable
+    from pyro_flows.density import DensityEstimator
+
+    rng = np.random.default_rng(0)
+    table = np.column_stack([rng.normal(size=(500, 2)) * [2.0, 0.5] + 3, rng.normal(size=500)])
+    np.save(tmp_path / "t.npy", table)
+    kwargs = {
+        "num_layers": 2,
+        "hidden_dims": (8,),
+        "num_steps": 15,
+        "seed": 0,
+        "dtype": "float64",
+        "val_fraction": 0.1,
+    }
+    if "dequantize" in inspect.signature(DensityEstimator).parameters:
+        kwargs["dequantize"] = False  # the in-memory fit would look for a lattice
+    ref = DensityEstimator("maf", **kwargs).fit(table[:, :2], table[:, 2:])
+    est = DensityEstimator("maf", **kwargs).fit(
+        MemmapTable(load_npy(tmp_path / "t.npy"), [0, 1], [2])
+    )
+    assert est.info_["out_of_core"] and est.info_["num_val"] == ref.info_["num_val"] == 50
+    assert np.allclose(est.mean_, ref.mean_) and np.allclose(est.scale_, ref.scale_)
+    assert est.history_.val_nll == pytest.approx(ref.history_.val_nll, abs=1e-8)
+    assert np.allclose(
+        est.score_samples(table[:5, :2], table[:5, 2:]),
+        ref.score_samples(table[:5, :2], table[:5, 2:]),
+        atol=1e-8,
+    )
+    est.save(tmp_path / "m.pt")  # saves and loads like any other
+    assert DensityEstimator.load(tmp_path / "m.pt").context_dim_ == 1
+    bad = table.copy()
+    bad[123, 1] = np.inf
+    np.save(tmp_path / "bad.npy", bad)
+    with pytest.raises(ValueError, match=r"X column 1 has a NaN or infinite value \(row 123\)"):
+        DensityEstimator("maf", **kwargs).fit(load_npy(tmp_path / "bad.npy"))
+    with pytest.raises(
+        ValueError, match="flow='auto' compares several candidates|unknown flow 'auto'"
+    ):
+        DensityEstimator("auto").fit(load_npy(tmp_path / "t.npy"))
+
+
+def test_cli_memmap_fit_and_score_match_in_memory(tmp_path, capsys):
+    from pyro_flows.cli.main import main
+    from pyro_flows.density import DensityEstimator
+
+    rng = np.random.default_rng(1)
+    x = np.column_stack([rng.normal(size=(600, 2)) * [2.0, 0.5] + 3, rng.normal(size=600)])
+    np.save(tmp_path / "x.npy", x)
+    common = [
+        "fit",
+        str(tmp_path / "x.npy"),
+        "--context",
+        "2",
+        "--layers",
+        "1",
+        "--hidden",
+        "8",
+        "--steps",
+        "10",
+        "--dtype",
+        "float64",
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--val-fraction",
+        "0.1",
+    ]
+    for mode in ("yes", "no"):
+        assert main([*common, "--memmap", mode, "--out", str(tmp_path / f"{mode}.pt")]) == 0
+    capsys.readouterr()
+    scores = {}
+    for mode in ("yes", "no"):
+        out = tmp_path / f"s_{mode}.npy"
+        argv = [
+            "score",
+            str(tmp_path / f"{mode}.pt"),
+            str(tmp_path / "x.npy"),
+            "--memmap",
+            mode,
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+        assert main(argv) == 0, capsys.readouterr().err
+        scores[mode] = np.load(out)
+    assert np.allclose(scores["yes"], scores["no"], atol=1e-8)
+    ref = DensityEstimator.load(tmp_path / "no.pt").score_samples(x[:, :2], x[:, 2:])
+    assert np.allclose(scores["no"], ref)
+    assert main(["fit", str(tmp_path / "x.csv"), "--memmap", "yes", "--out", "m.pt"]) == 1
+    assert "--memmap yes applies to .npy files only" in capsys.readouterr().err

@@ -22,12 +22,22 @@ from .options import (
     PROG,
     HelpFormatter,
     add_data_options,
+    add_device_option,
+    add_memmap_option,
     fraction,
     hidden_sizes,
     positive_float,
     positive_int,
 )
-from .table_io import CLIError, check_out, data_columns, numeric, read_table
+from .table_io import (
+    CLIError,
+    check_out,
+    data_columns,
+    numeric,
+    open_npy,
+    read_table,
+    use_memmap,
+)
 
 if TYPE_CHECKING:
     from ..density import DensityEstimator
@@ -180,6 +190,26 @@ def register_subcommand(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="hide the progress bar (shown on a terminal; in a log, a line every 30 s)",
     )
+    add_device_option(p, "the fit")
+    add_memmap_option(p)
+    p.add_argument(
+        "--checkpoint",
+        metavar="PATH",
+        help="write a checkpoint of the training run here (atomically), to resume it later",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=positive_int,
+        default=100,
+        metavar="N",
+        help="steps between checkpoints",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from --checkpoint when it exists (else start afresh): the same "
+        "command serves the first run and every restart of a pre-empted job",
+    )
     p.set_defaults(run=run)
 
 
@@ -200,14 +230,14 @@ def _residual(args: argparse.Namespace, flow: str, conditional: bool) -> dict[st
 
 
 @contextmanager
-def _warnings_as_lines(data: str) -> Iterator[None]:
+def _warnings_as_lines(data: str, show_them: bool = True) -> Iterator[None]:
     """Prints each warning raised inside the block as one translated ``warning:`` line."""
 
     def show(message: Warning | str, *args: object, **kwargs: object) -> None:
         print(f"{PROG} fit: warning: {translate(str(message), data)}", file=sys.stderr)
 
     with warnings.catch_warnings():
-        warnings.simplefilter("default")
+        warnings.simplefilter("default" if show_them else "ignore")
         warnings.showwarning = show
         yield
 
@@ -227,14 +257,26 @@ def _hidden_text(est: DensityEstimator) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Fits a flow to ``args.data`` and saves it to ``args.out``; returns 0."""
+    from ..data import MemmapTable
     from ..density import DensityEstimator
+    from ..distributed import resolve_device, setup
     from ..flows import lookup_family
 
+    if args.resume and args.checkpoint is None:
+        raise CLIError("--resume continues from --checkpoint PATH: give it")
+    # under torchrun every rank fits its share; rank 0 alone prints and writes the model
+    rank0 = setup(resolve_device(args.device)).is_main
     out = check_out(args.out, inputs=[(args.data, "DATA")])
-    table = read_table(args.data, key=args.key, header=args.header, delimiter=args.delimiter)
-    cols, ctx = data_columns(table, args.columns, args.context)
-    x = numeric(table, cols)
-    c = None if ctx is None else numeric(table, ctx)
+    if use_memmap(args.data, args.memmap, args.key):
+        # a table larger than the memory: nothing is read until the fit asks for rows
+        array, table = open_npy(args.data)
+        cols, ctx = data_columns(table, args.columns, args.context)
+        x, c = MemmapTable(array, cols, ctx), None
+    else:
+        table = read_table(args.data, key=args.key, header=args.header, delimiter=args.delimiter)
+        cols, ctx = data_columns(table, args.columns, args.context)
+        x = numeric(table, cols)
+        c = None if ctx is None else numeric(table, ctx)
     flow = args.flow or default_flow(len(cols))
     est = DensityEstimator(
         flow=flow,
@@ -255,19 +297,25 @@ def run(args: argparse.Namespace) -> int:
         base=args.base,
         base_components=args.base_components or 1,
         base_covariance=args.base_covariance,
+        device=args.device,
     )
     t0 = time.perf_counter()
-    with _warnings_as_lines(table.path):
+    with _warnings_as_lines(table.path, rank0):
         try:
             est.fit(
                 x,
                 c,
                 feature_names=[table.names[j] for j in cols],
                 context_names=None if ctx is None else [table.names[j] for j in ctx],
+                checkpoint=args.checkpoint,
+                checkpoint_every=args.checkpoint_every,
+                resume=True if args.resume else None,
             )
         except ValueError as e:
             raise CLIError(translate(str(e), table.path)) from None
     seconds = time.perf_counter() - t0
+    if not rank0:
+        return 0
     est.info_.update(
         {
             "data": str(args.data),

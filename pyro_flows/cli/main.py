@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -62,6 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CLIError, ValueError, OSError, FloatingPointError) as e:
         if args.traceback:
             raise
+        if os.environ.get("RANK", "0") != "0":
+            return 1  # under torchrun every rank meets the same error: rank 0 alone prints it
         message = (
             str(e)
             if not isinstance(e, OSError) or not e.filename

@@ -16,12 +16,18 @@ if TYPE_CHECKING:
 __all__ = ["load_model", "model_columns", "parse_values", "read_model_data"]
 
 
-def load_model(path: str) -> DensityEstimator:
-    """Reads a model written by ``fit``; a missing or foreign file is a :class:`CLIError`."""
-    from ..density import DensityEstimator, ModelFileError
+def load_model(path: str, device: str = "cpu") -> DensityEstimator:
+    """Reads a model written by ``fit`` onto ``device`` (``--device``).
 
+    A missing or foreign file is a :class:`CLIError`; CUDA asked for without CUDA is a
+    ValueError, printed as one line (exit status 1).
+    """
+    from ..density import DensityEstimator, ModelFileError
+    from ..distributed import resolve_device
+
+    resolve_device(device)  # a bad --device fails before the file is read
     try:
-        return DensityEstimator.load(path)
+        return DensityEstimator.load(path, device=device)
     except FileNotFoundError:
         raise CLIError(f"{path}: no such file (MODEL)") from None
     except ModelFileError as e:

@@ -9,6 +9,8 @@ __all__ = [
     "PROG",
     "HelpFormatter",
     "add_data_options",
+    "add_device_option",
+    "add_memmap_option",
     "add_file_options",
     "fraction",
     "hidden_sizes",
@@ -102,4 +104,25 @@ def add_data_options(parser: argparse.ArgumentParser, columns_help: str) -> None
         metavar="COLS",
         help="the context columns of a conditional density q(x | c) (names or 0-based "
         "positions, comma-separated)",
+    )
+
+
+def add_device_option(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--device``: where ``what`` runs (auto: CUDA when present, else the CPU)."""
+    parser.add_argument(
+        "--device",
+        default="auto",
+        metavar="DEVICE",
+        help=f"where {what} runs: auto (CUDA when present, else the CPU), cpu, cuda or cuda:N",
+    )
+
+
+def add_memmap_option(parser: argparse.ArgumentParser) -> None:
+    """``--memmap``: read a ``.npy`` DATA file memory-mapped, a minibatch or chunk at a time."""
+    parser.add_argument(
+        "--memmap",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="open a .npy DATA file memory-mapped and read it a minibatch (or a chunk) at a "
+        "time, for data larger than the memory (auto: for files over 1 GiB)",
     )

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 
 from .models import load_model, parse_values
-from .options import PROG, HelpFormatter, add_file_options, positive_int
+from .options import PROG, HelpFormatter, add_device_option, add_file_options, positive_int
 from .table_io import CLIError, check_out, numeric, read_table, select, write_table
 
 __all__ = ["register_subcommand", "run"]
@@ -38,6 +38,7 @@ def register_subcommand(subparsers: argparse._SubParsersAction) -> None:
     )
     add_file_options(p, "--context-data")
     p.add_argument("--seed", type=int, default=0, help="seed of the draw")
+    add_device_option(p, "the sampling")
     p.set_defaults(run=run)
 
 
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         suffixes=(".csv", ".npy"),
         inputs=[(args.model, "MODEL"), (args.context_data, "--context-data")],
     )
-    est = load_model(args.model)
+    est = load_model(args.model, args.device)
     names = est.feature_names_in_ or [str(j) for j in range(est.n_features_in_)]
     cnames = est.context_names_in_ or [str(j) for j in range(est.context_dim_ or 0)]
     if est.context_dim_ is None:

@@ -26,7 +26,9 @@ __all__ = [
     "check_out",
     "data_columns",
     "numeric",
+    "open_npy",
     "read_table",
+    "use_memmap",
     "select",
     "split_list",
     "write_array",
@@ -208,6 +210,52 @@ def read_table(
             raise CLIError(f"--key {key!r} applies to .npz files only, not {path}")
         return _read_csv(p, header, delimiter)
     return _read_array(p, key)
+
+
+#: ``--memmap auto`` maps a ``.npy`` file of more than this many bytes instead of reading it.
+MEMMAP_BYTES = 1 << 30
+
+
+def use_memmap(path: str, choice: str, key: str | None) -> bool:
+    """Whether to open ``path`` memory-mapped: ``--memmap yes``, or ``auto`` for a large .npy.
+
+    Example:
+        >>> use_memmap("data.csv", "auto", None)
+        False
+    """
+    p = Path(path)
+    npy = p.suffix.lower() == ".npy" and key is None
+    if choice == "yes" and not npy:
+        raise CLIError(f"--memmap yes applies to .npy files only, not {path}")
+    if choice == "no" or not npy:
+        return False
+    return choice == "yes" or (p.is_file() and p.stat().st_size > MEMMAP_BYTES)
+
+
+def open_npy(path: str) -> tuple[np.ndarray, Table]:
+    """Opens a ``.npy`` file memory-mapped; returns the map and a table of its column names.
+
+    No value is read: the map is read later a minibatch or a chunk at a time. The table's
+    ``columns`` are views into the map, for choosing columns by position.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise CLIError(f"{path}: no such file")
+    with open(p, "rb") as f:
+        if not f.read(6).startswith(_NPY_MAGIC):
+            raise CLIError(f"{path}: not a numpy file (it does not start with the .npy signature)")
+    try:
+        arr = np.load(p, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise _unreadable(p, e) from None
+    if arr.dtype.kind not in "iuf":
+        raise CLIError(f"{path}: holds {arr.dtype} values, not real numbers")
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise CLIError(f"{path}: must be a non-empty 2-D array (rows x columns), got {arr.shape}")
+    names = [str(j) for j in range(arr.shape[1])]
+    return arr, Table(str(path), names, False, [arr[:, j] for j in range(arr.shape[1])], None)
 
 
 # -- choosing columns ------------------------------------------------------------------------
