@@ -13,7 +13,7 @@ import os
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -26,9 +26,11 @@ from . import transforms as T
 from ._validation import check_choice, check_hidden_dims, check_positive_int
 from .bases import _COVARIANCES, GaussianMixture
 from .data import MemmapTable, fit_estimator
+from .dequantization import LatticeDequantization, lattice_widths
 from .distributed import resolve_device
 from .distributions import NormalizingFlow
 from .flows import FAMILIES, _accepts, build, lookup_family
+from .nn.dense import default_hidden_dims
 from .nn.made import HiddenWidthWarning
 from .training import FitHistory
 from .training import fit as fit_model
@@ -45,9 +47,26 @@ __all__ = [
 #: The version of the file layout written by :meth:`DensityEstimator.save`. It changes whenever
 #: a file written by one version could be read wrongly by another; :meth:`DensityEstimator.load`
 #: refuses any other version.
-FORMAT_VERSION = 2
-# Version 1 (before learnable bases) files are version 2 files with a standard normal base.
-_READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+# Version 1 (before learnable bases) files are version 2 files with a standard normal base;
+# version 2 files are version 3 files without lattice widths (dequantization) or a choice of
+# flow="auto".
+_READABLE_VERSIONS = (1, 2, 3)
+_AUTO = "auto"
+_DEQUANTIZE = (_AUTO, False)
+#: The mixtures tried by ``flow="auto"``: K components, full or diagonal covariances.
+_AUTO_COMPONENTS = (1, 2, 3, 4, 5)
+_AUTO_COVARIANCES = ("full", "diag")
+#: EM of the candidate mixtures runs on at most this many (dequantised) rows.
+_AUTO_EM_ROWS = 4096
+#: Below this many rows ``flow="auto"`` chooses the mixture by cross-validation, in this many
+#: folds, rather than on the validation rows alone.
+_AUTO_CV_ROWS = 1000
+_AUTO_FOLDS = 5
+#: Below this many training rows ``flow="auto"`` uses small networks.
+_AUTO_SMALL = 2000
+#: The number of cell points of the dequantised density's estimate when scoring.
+_DEQUANT_DRAWS = 64
 _BASES = ("normal", "gmm")
 _FORMAT = "pyro_flows.density.DensityEstimator"
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -227,8 +246,10 @@ def _check_scale(
 _DISCRETE_MAX_VALUES = 10
 
 
-def _warn_discrete(x: np.ndarray, name: str, names: list[str] | None) -> None:
-    """Warns about columns that look discrete: a density of them is not meaningful."""
+def _warn_discrete(
+    x: np.ndarray, name: str, names: list[str] | None, dequantized: bool = False
+) -> None:
+    """Warns about columns that look discrete: a density of them is a histogram at best."""
     for j in range(x.shape[1]):
         col = x[:, j]
         if not np.array_equal(col, np.round(col)):
@@ -237,11 +258,21 @@ def _warn_discrete(x: np.ndarray, name: str, names: list[str] | None) -> None:
         if values.size > _DISCRETE_MAX_VALUES or 2 * values.size > col.size:
             continue
         shown = ", ".join(f"{v:g}" for v in values[:5]) + (", ..." if values.size > 5 else "")
+        if dequantized:
+            advice = (
+                "it looks discrete; it is dequantized (uniform noise across each value's cell), "
+                "so the density there is the probability of the value spread over its cell; "
+                "or use it as context"
+            )
+        else:
+            advice = (
+                "it looks discrete, and a continuous density on it grows without bound at "
+                "those values; dequantize it (dequantize='auto', or add uniform noise in "
+                "[0, 1) to each value), or use it as context"
+            )
         warnings.warn(
             f"{name} column {_describe(names, j)} holds only {values.size} distinct integer "
-            f"values ({shown}): it looks discrete, and a continuous density on it grows without "
-            "bound at those values; dequantize it (add uniform noise in [0, 1) to each value), "
-            "or use it as context",
+            f"values ({shown}): {advice}",
             UserWarning,
             stacklevel=3,
         )
@@ -283,6 +314,106 @@ def _digest(meta: str, state: dict[str, Tensor]) -> str:
     return h.hexdigest()
 
 
+@dataclass(frozen=True)
+class _FitData:
+    """The rows a fit works on: training and validation rows, standardisation, lattice."""
+
+    xt: np.ndarray
+    ct: np.ndarray | None
+    xv: np.ndarray | None
+    cv: np.ndarray | None
+    mean: np.ndarray | None
+    scale: np.ndarray | None
+    cmean: np.ndarray | None
+    cscale: np.ndarray | None
+    widths: np.ndarray
+
+
+#: Rows of dequantised copies EM sees (the rows are repeated, each with fresh noise, up to it).
+_EM_ROWS = 1024
+
+
+def _dequantised_rows(
+    x: np.ndarray, c: np.ndarray | None, widths: np.ndarray, seed: int | None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Copies of the rows with uniform noise across each lattice cell, for EM to fit."""
+    if not widths.any():
+        return x, c
+    copies = max(1, min(10, _EM_ROWS // x.shape[0]))
+    rng = np.random.default_rng(seed)
+    xs = np.concatenate([x] * copies)
+    xs = xs + widths * (rng.random(xs.shape) - 0.5)
+    return xs, None if c is None else np.concatenate([c] * copies)
+
+
+def _log_mix(log_p: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """``log sum_m w_m exp(log_p[:, m])`` per row."""
+    with np.errstate(divide="ignore"):
+        a = log_p + np.log(weights)
+    top = a.max(1, keepdims=True)
+    return (top + np.log(np.exp(a - top).sum(1, keepdims=True)))[:, 0]
+
+
+def _stacking_weights(log_p: np.ndarray, num_iters: int = 500, tol: float = 1e-8) -> np.ndarray:
+    r"""The weights :math:`w` of the densities that maximise the held-out log-likelihood.
+
+    .. math:: \max_{w \in \Delta} \sum_i \log \sum_m w_m\, p_m(x_i)
+
+    over out-of-fold log-densities ``log_p`` of shape ``(rows, models)``, by EM on the weights
+    (stacked density estimation, Smyth & Wolpert, 1999); weights below :math:`10^{-3}` are
+    dropped and the rest renormalised. Non-finite scores count as zero density.
+    """
+    log_p = np.where(np.isfinite(log_p), log_p, -np.inf)
+    ok = np.isfinite(log_p).any(0)
+    w = np.where(ok, 1.0, 0.0) / ok.sum()
+    old = -np.inf
+    for _ in range(num_iters):
+        total = _log_mix(log_p, w)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            resp = np.exp(log_p + np.log(w) - total[:, None])
+        w = np.nan_to_num(resp).mean(0)
+        w = w / w.sum()
+        ll = float(total.mean())
+        if ll - old < tol:
+            break
+        old = ll
+    w = np.where(w >= 1e-3, w, 0.0)
+    return w / w.sum()
+
+
+def _combine_mixtures(parts: list[GaussianMixture], weights: list[float]) -> GaussianMixture:
+    """One full-covariance mixture holding every component of ``parts``, weighted."""
+    dim = parts[0].input_dim
+    out = GaussianMixture(dim, sum(p.num_components for p in parts), "full")
+    out = out.to(parts[0].loc.dtype)
+    with torch.no_grad():
+        tril = torch.cat([p.scale_tril for p in parts])
+        out.loc.copy_(torch.cat([p.loc for p in parts]))
+        out.log_diag.copy_(tril.diagonal(dim1=-2, dim2=-1).log())
+        out.lower.copy_(torch.tril(tril, diagonal=-1))
+        out.logits.copy_(
+            torch.cat(
+                [
+                    p.logits.log_softmax(-1) + math.log(w)
+                    for p, w in zip(parts, weights, strict=True)
+                ]
+            )
+        )
+    return out
+
+
+def _scorer(model: NormalizingFlow, widths: np.ndarray | None) -> torch.nn.Module:
+    """The density of the data: the flow, or the flow averaged over each lattice cell."""
+    if widths is None or not widths.any():
+        return model
+    buffer = next(iter(model.buffers()))
+    return LatticeDequantization(
+        model,
+        torch.as_tensor(widths, dtype=buffer.dtype, device=buffer.device),
+        num_draws=_DEQUANT_DRAWS,
+    ).eval()
+
+
 # -- the estimator ----------------------------------------------------------------------------
 
 
@@ -293,6 +424,30 @@ class DensityEstimator:
     maximum likelihood; ``score_samples(X)`` returns :math:`\log q(x)` per row, in nats and in
     the data's own units; ``sample(n)`` draws rows; ``save``/``load`` keep everything needed to
     score again, identically.
+
+    With no arguments (``flow="auto"``) it chooses its model on the validation rows among a
+    Gaussian mixture (:math:`K = 1, \dots, 5` components, full or diagonal covariances, fitted
+    by EM), a MAF on the best of those mixtures as its base (started at the mixture itself, so
+    early stopping keeps the mixture unless the flow improves on it) and a MAF on a normal
+    base; on a tie the simpler model wins, and a chosen mixture is refitted on every row. Below
+    2 000 training rows the flows are regularised (hidden sizes 32-32 unless ``hidden_dims``
+    is given, a weight decay of at least :math:`10^{-3}`, early stopping with patience 20
+    unless ``patience`` is given, validation every 10 steps at most). ``selection_`` (also
+    ``info_["selection"]``, saved with the model) records what was chosen, its settings and
+    every candidate's validation NLL. With a context, or without validation rows, only the
+    flow is fitted (a mixture takes no context, and nothing could choose). One column gets
+    ``"spline"`` layers instead of MAF.
+
+    With ``dequantize="auto"`` columns recorded on a grid (rounded to 0.1 cm, counts, scaled
+    integers: :func:`~pyro_flows.dequantization.lattice_widths`) are dequantised: the flow
+    :math:`q` is fitted to the rows plus uniform noise across each grid cell of width
+    :math:`h_j`, fresh at every step, and the model's density is :math:`q` averaged over the
+    cell, :math:`p(x) = \mathbb{E}_u\, q(x + h \odot (u - \frac12))`
+    (:class:`~pyro_flows.dequantization.LatticeDequantization`, estimated from 64 fixed cell
+    points when scoring), a proper density that is finite on and off the grid. Without it a
+    flow on rounded data can collapse onto the grid and score a held-out row at
+    :math:`-10^6` nats. ``lattice_`` holds the widths (0 for a continuous column; None when no
+    column is on a grid), and ``info_["dequantized"]`` the dequantised columns.
 
     With ``standardize=True`` the flow is built as :math:`x = \mu + \sigma \odot f(z)`, with
     :math:`\mu, \sigma` the column means and standard deviations of the training rows, held by
@@ -305,14 +460,17 @@ class DensityEstimator:
     :class:`~pyro_flows.distributions.NormalizingFlow`, in original units), ``history_`` (a
     :class:`~pyro_flows.training.FitHistory`), ``n_features_in_``, ``feature_names_in_``,
     ``context_dim_``, ``context_names_in_``, ``mean_`` and ``scale_`` (the standardisation, or
-    None), and ``info_`` (a dict of JSON-serialisable notes saved with the model).
+    None), ``lattice_`` and ``selection_`` (above), and ``info_`` (a dict of
+    JSON-serialisable notes saved with the model).
 
     Arguments:
-        flow: A family of :func:`pyro_flows.flows.build` that can score data (``"maf"``,
+        flow: ``"auto"`` (choose by validation, above), or a family of
+            :func:`pyro_flows.flows.build` that can score data (``"maf"``,
             ``"affine_coupling"``/``"realnvp"``, ``"masked_spline_autoregressive"``/``"nsf"``,
             ``"spline_coupling"``, ``"spline_autoregressive"``, ``"spline"``, ``"planar"``,
             ``"radial"``, ...).
-        num_layers: The number of flow layers.
+        num_layers: The number of flow layers; 0 for the base alone (with ``base="gmm"``, a
+            Gaussian mixture fitted by EM, with no gradient steps).
         hidden_dims: The hidden sizes of each layer's network, or None for the family's
             default: ``(64, 64)`` where the layers have networks, nothing for the layers that
             have none (``"spline"``, ``"planar"``, ``"radial"``, which refuse ``hidden_dims``).
@@ -322,8 +480,9 @@ class DensityEstimator:
         lr: The peak learning rate (cosine schedule, see :func:`~pyro_flows.training.fit`).
         weight_decay: Adam's L2 penalty on the flow's parameters (helps on small data).
         val_fraction: The fraction of the rows held out for validation and early stopping
-            (the best validation parameters are kept), in :math:`[0, 1)`; ignored when
-            ``fit`` is given ``val_X``.
+            (the best validation parameters are kept), in :math:`[0, 1)`, or None for 25%
+            of a table of fewer than 2 000 rows (a choice on a dozen rows would be noise)
+            and 10% of a larger one; ignored when ``fit`` is given ``val_X``.
         patience: Stop after this many validation evaluations without improvement, or None.
         eval_every: The number of steps between validation evaluations.
         seed: Seeds the initialisation, the split and the minibatch order, or None.
@@ -341,6 +500,7 @@ class DensityEstimator:
             so the model starts at the mixture fitted to the standardised data itself.
         base_components: The number of mixture components :math:`K` of ``base="gmm"``.
         base_covariance: ``"full"`` or ``"diag"``, the mixture's covariances.
+        dequantize: ``"auto"`` (dequantise the columns found on a grid, above) or False.
         device: Where to fit and score: ``"cpu"``, ``"auto"`` (CUDA when present),
             ``"cuda"`` or ``"cuda:N"``. The rows stay on the CPU and move there a minibatch
             (or a chunk) at a time; the model file does not record it, so a model fitted on
@@ -362,7 +522,7 @@ class DensityEstimator:
 
     def __init__(
         self,
-        flow: str = "maf",
+        flow: str = "auto",
         num_layers: int = 5,
         hidden_dims: Sequence[int] | None = None,
         standardize: bool = True,
@@ -370,7 +530,7 @@ class DensityEstimator:
         batch_size: int = 512,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
-        val_fraction: float = 0.1,
+        val_fraction: float | None = None,
         patience: int | None = None,
         eval_every: int = 50,
         seed: int | None = None,
@@ -380,6 +540,7 @@ class DensityEstimator:
         base: str = "normal",
         base_components: int = 1,
         base_covariance: str = "full",
+        dequantize: str | bool = "auto",
         device: str = "cpu",
     ) -> None:
         self.flow = flow
@@ -400,6 +561,7 @@ class DensityEstimator:
         self.base = base
         self.base_components = base_components
         self.base_covariance = base_covariance
+        self.dequantize = dequantize
         self.device = device
 
     # -- scikit-learn protocol ----------------------------------------------------------------
@@ -427,14 +589,25 @@ class DensityEstimator:
 
     # -- building -----------------------------------------------------------------------------
     def _check_params(self) -> tuple[str, list[int] | None, torch.dtype]:
-        name, family = lookup_family(self.flow)
-        if not family.invertible:
-            scorable = sorted(k for k, f in FAMILIES.items() if f.invertible)
-            raise ValueError(
-                f"flow {self.flow!r} has no analytic inverse, so it cannot score data; "
-                f"use one of {scorable}"
-            )
-        check_positive_int(self.num_layers, "num_layers")
+        if self.flow == _AUTO:
+            name = _AUTO
+            if (self.base, self.base_components, self.base_covariance) != ("normal", 1, "full"):
+                raise ValueError(
+                    "flow='auto' chooses the base itself (a normal or a Gaussian-mixture base, "
+                    "or the mixture alone); leave base, base_components and base_covariance "
+                    "at their defaults, or name a flow family to set them"
+                )
+        else:
+            name, family = lookup_family(self.flow)
+            if not family.invertible:
+                scorable = sorted(k for k, f in FAMILIES.items() if f.invertible)
+                raise ValueError(
+                    f"flow {self.flow!r} has no analytic inverse, so it cannot score data; "
+                    f"use one of {scorable} or 'auto'"
+                )
+        check_positive_int(self.num_layers, "num_layers", minimum=0)
+        if self.dequantize not in _DEQUANTIZE or self.dequantize is True:
+            raise ValueError(f"dequantize must be 'auto' or False, got {self.dequantize!r}")
         hidden = (
             None
             if self.hidden_dims is None
@@ -472,11 +645,15 @@ class DensityEstimator:
         context_scale: np.ndarray | None,
     ) -> NormalizingFlow:
         name, hidden, dtype = self._check_params()
+        if name == _AUTO:
+            raise ValueError("flow='auto' is resolved by fit; it builds no model by itself")
+        if self.num_layers == 0:
+            return self._build_base_only(input_dim, context_dim, mean, scale, dtype)
         family = FAMILIES[name]
-        if input_dim < family.min_dim:
+        if input_dim < (least := family.smallest_dim(context_dim)):
             raise ValueError(
-                f"flow={self.flow!r} needs at least {family.min_dim} columns, got {input_dim}; "
-                "for one column use flow='spline' (or 'planar', 'radial')"
+                f"flow={self.flow!r} needs at least {least} columns, got {input_dim}; "
+                "for one column use flow='spline' (or 'planar', 'radial'), or give a context"
             )
         if context_dim is not None and family.make_conditional is None:
             conditional = sorted(
@@ -518,6 +695,29 @@ class DensityEstimator:
         return NormalizingFlow(
             core, input_dim, context_dim=context_dim, base=base, standardize=False
         ).to(dtype)
+
+    def _build_base_only(
+        self,
+        input_dim: int,
+        context_dim: int | None,
+        mean: np.ndarray | None,
+        scale: np.ndarray | None,
+        dtype: torch.dtype,
+    ) -> NormalizingFlow:
+        """The model of ``num_layers=0``: the base alone, behind the standardisation."""
+        if context_dim is not None:
+            raise ValueError(
+                "num_layers=0 (the base alone) cannot take a context: it has no conditional "
+                "layer; use num_layers >= 1"
+            )
+        if mean is None:
+            std = Standardization.identity(input_dim)
+        else:
+            std = Standardization(torch.as_tensor(mean), torch.as_tensor(scale))
+        base = None
+        if self.base == "gmm":
+            base = GaussianMixture(input_dim, self.base_components, self.base_covariance)
+        return NormalizingFlow(std, input_dim, base=base, standardize=False).to(dtype)
 
     # -- fitting ------------------------------------------------------------------------------
     @staticmethod
@@ -577,7 +777,8 @@ class DensityEstimator:
             feature_names: Names of the columns of ``X`` (saved with the model).
             context_names: Names of the columns of ``context``.
             checkpoint: A checkpoint file for the training run (see
-                :func:`~pyro_flows.training.fit`).
+                :func:`~pyro_flows.training.fit`); needs a named ``flow``, not ``"auto"``,
+                which fits several candidates.
             checkpoint_every: The number of steps between checkpoints.
             resume: A checkpoint file to continue from, or True for ``checkpoint`` when it
                 exists.
@@ -588,7 +789,16 @@ class DensityEstimator:
                 the column or argument.
         """
         self._check_params()
-        device = resolve_device(self.device)
+        if checkpoint is not None and self.flow == _AUTO:
+            raise ValueError(
+                "checkpoint needs a named flow family: flow='auto' fits several candidates"
+            )
+        self._train_options = {
+            "device": resolve_device(self.device),
+            "checkpoint": checkpoint,
+            "checkpoint_every": checkpoint_every,
+            "resume": resume,
+        }
         if isinstance(X, np.memmap | MemmapTable):  # a table larger than the memory
             if context is not None or val_X is not None:
                 raise ValueError(
@@ -619,7 +829,7 @@ class DensityEstimator:
         if x.shape[0] < 2:
             raise ValueError(f"too few rows to fit: X has {x.shape[0]} row(s), need >= 2")
         _check_not_constant(x, "X", names, "")
-        _warn_discrete(x, "X", names)
+        _warn_discrete(x, "X", names, dequantized=self.dequantize == _AUTO)
 
         if val_X is not None:
             xt, ct = x, c
@@ -643,6 +853,8 @@ class DensityEstimator:
             if val_context is not None:
                 raise ValueError("val_context was given without val_X")
             frac = self.val_fraction
+            if frac is None:
+                frac = 0.25 if x.shape[0] < _AUTO_SMALL else 0.1
             if not (isinstance(frac, int | float) and 0 <= frac < 1):
                 raise ValueError(f"val_fraction must be in [0, 1), got {frac!r}")
             num_val = int(frac * x.shape[0])
@@ -679,35 +891,18 @@ class DensityEstimator:
                 _check_scale(cmean, cscale, ct, "context", cnames)
                 cscale = np.where(cscale > 0, cscale, 1.0)  # a constant context is harmless
 
+        widths = np.zeros(x.shape[1])
+        if self.dequantize == _AUTO:
+            widths = lattice_widths(np.concatenate([xt, xv]) if xv is not None else xt)
+        data = _FitData(xt, ct, xv, cv, mean, scale, cmean, cscale, widths)
         with _seeded(self.seed):
-            model = self._build(
-                x.shape[1], None if c is None else c.shape[1], mean, scale, cmean, cscale
-            )
-            if self.base == "gmm":
-                self._start_at_identity(model)
-                self._initialize_base(model, xt, ct)
-            history = fit_model(
-                model,
-                xt,
-                context=ct,
-                val_data=xv,
-                val_context=cv,
-                val_fraction=0.0,
-                num_steps=self.num_steps,
-                batch_size=self.batch_size,
-                lr=self.lr,
-                weight_decay=self.weight_decay,
-                patience=self.patience,
-                eval_every=self.eval_every,
-                progress=self.progress,
-                seed=self.seed,
-                device=device,
-                checkpoint=checkpoint,
-                checkpoint_every=checkpoint_every,
-                resume=resume,
-            )
+            if self.flow == _AUTO:
+                model, history, selection = self._fit_auto(data)
+            else:
+                model, history = self._fit_one(self, data)
+                selection = None
         model.eval()
-        self.flow_ = model
+        self.flow_ = model.to(self._train_options["device"])
         self.history_ = history
         self.n_features_in_ = x.shape[1]
         self.feature_names_in_ = names
@@ -715,8 +910,246 @@ class DensityEstimator:
         self.context_names_in_ = cnames
         self.mean_, self.scale_ = mean, scale
         self.context_mean_, self.context_scale_ = cmean, cscale
+        self.lattice_ = widths if widths.any() else None
+        self.selection_ = selection
         self.info_ = {"num_train": int(xt.shape[0]), "num_val": 0 if xv is None else len(xv)}
+        if self.lattice_ is not None:
+            self.info_["dequantized"] = {
+                _describe(names, j).strip("'"): float(widths[j]) for j in np.flatnonzero(widths)
+            }
+        if selection is not None:
+            self.info_["selection"] = selection
         return self
+
+    def _fit_one(
+        self,
+        est: DensityEstimator,
+        d: _FitData,
+        eval_every: int | None = None,
+        base: GaussianMixture | None = None,
+    ) -> tuple[NormalizingFlow, FitHistory]:
+        """Builds the model of ``est``'s settings and fits it to ``d``.
+
+        The flow's parameters are fitted by Adam; a base alone (``num_layers=0``) by EM, or
+        not at all for a normal base. A mixture ``base`` (in standardised units) is copied
+        into the model's instead of fitting one by EM.
+        """
+        context_dim = None if d.ct is None else d.ct.shape[1]
+        model = est._build(d.xt.shape[1], context_dim, d.mean, d.scale, d.cmean, d.cscale)
+        if est.base == "gmm":
+            if est.num_layers > 0:
+                self._start_at_identity(model)
+            if base is not None:
+                model.base.load_state_dict(base.state_dict())
+            else:
+                rows, ctx = _dequantised_rows(d.xt, d.ct, d.widths, self.seed)
+                est._initialize_base(model, rows, ctx)
+        if est.num_layers == 0:  # nothing to train by gradient: the base is fitted (or fixed)
+            nll = None if d.xv is None else self._nll(model, d.xv, d.cv, d.widths)
+            return model, FitHistory(
+                val_steps=[] if nll is None else [0],
+                val_nll=[] if nll is None else [nll],
+                best_step=None if nll is None else 0,
+                best_val_nll=nll,
+            )
+        trained: torch.nn.Module = model
+        if d.widths.any():
+            num_val = 0 if d.xv is None else d.xv.shape[0]
+            draws = max(1, min(_DEQUANT_DRAWS, 4096 // max(num_val, 1)))
+            trained = LatticeDequantization(model, torch.as_tensor(d.widths), num_draws=draws)
+        history = fit_model(
+            trained,
+            d.xt,
+            context=d.ct,
+            val_data=d.xv,
+            val_context=d.cv,
+            val_fraction=0.0,
+            num_steps=est.num_steps,
+            batch_size=est.batch_size,
+            lr=est.lr,
+            weight_decay=est.weight_decay,
+            patience=est.patience,
+            eval_every=est.eval_every if eval_every is None else eval_every,
+            progress=est.progress,
+            seed=est.seed,
+            **getattr(self, "_train_options", {}),
+        )
+        # on the CPU again: the candidates of flow="auto" are compared there
+        return model.cpu(), history
+
+    @staticmethod
+    def _nll(
+        model: NormalizingFlow, x: np.ndarray, c: np.ndarray | None, widths: np.ndarray
+    ) -> float:
+        """The mean negative log-density of the rows ``x`` (dequantised as in scoring)."""
+        scorer = _scorer(model, widths)
+        dtype = next(iter(model.buffers())).dtype
+        with torch.no_grad():
+            xs = torch.as_tensor(x, dtype=dtype)
+            cs = None if c is None else torch.as_tensor(c, dtype=dtype)
+            lp = torch.cat(
+                [
+                    scorer.log_prob(xs[i : i + _CHUNK], None if cs is None else cs[i : i + _CHUNK])
+                    for i in range(0, xs.shape[0], _CHUNK)
+                ]
+            )
+        return float(-lp.double().mean())
+
+    def _auto_flow_params(self, num_rows: int, input_dim: int) -> dict[str, Any]:
+        """The family, sizes and regularisation of the flows that ``flow="auto"`` tries."""
+        small = num_rows < _AUTO_SMALL
+        hidden = self.hidden_dims
+        if hidden is None:
+            hidden = (32, 32) if small else tuple(default_hidden_dims(input_dim))
+        return {
+            "flow": "maf" if input_dim >= 2 else "spline",
+            "num_layers": max(self.num_layers, 1),
+            "hidden_dims": None if input_dim < 2 else list(hidden),
+            "weight_decay": max(self.weight_decay, 1e-3 if small else 0.0),
+            "patience": self.patience if self.patience is not None else 20,
+        }
+
+    def _fit_auto(self, d: _FitData) -> tuple[NormalizingFlow, FitHistory, dict[str, Any]]:
+        """Fits the candidates of ``flow="auto"`` and keeps the best on the validation rows.
+
+        The candidates are a Gaussian mixture (K = 1..5, full or diagonal), a flow on the best
+        of them as its base, and a flow on a normal base.
+        """
+        num_rows, input_dim = d.xt.shape
+        flow = self._auto_flow_params(num_rows, input_dim)
+        eval_every = min(self.eval_every, 10)
+        if d.xv is None:  # nothing to stop early on
+            flow["patience"] = self.patience
+        if d.ct is not None or d.xv is None:
+            # A mixture takes no context; without validation rows there is nothing to choose by.
+            est = self._resolved(flow)
+            model, history = self._fit_one(est, d, eval_every)
+            why = "a context" if d.ct is not None else "no validation rows"
+            return (
+                model,
+                history,
+                {
+                    "chosen": "flow",
+                    "params": flow,
+                    "candidates": {},
+                    "reason": f"with {why} only the flow is fitted",
+                },
+            )
+        mixtures = [
+            {"num_layers": 0, "base": "gmm", "base_components": k, "base_covariance": cov}
+            for k in _AUTO_COMPONENTS
+            for cov in _AUTO_COVARIANCES
+        ]
+        folds = self._mixture_folds(d)
+        smallest = min(f.xt.shape[0] for f in folds)
+        mixtures = [m for m in mixtures if m["base_components"] <= smallest]
+        # out-of-fold log-densities of every mixture, shape (rows, mixtures)
+        held_out = np.concatenate(
+            [
+                np.stack(
+                    [
+                        self._scores(self._fit_one(self._resolved({**flow, **m}), f)[0], f)
+                        for m in mixtures
+                    ],
+                    1,
+                )
+                for f in folds
+            ]
+        )
+        weights = _stacking_weights(held_out)
+        candidates = {
+            f"mixture K={m['base_components']} {m['base_covariance']}": float(
+                -held_out[:, j].mean()
+            )
+            for j, m in enumerate(mixtures)
+        }
+        candidates["stacked mixtures"] = float(-_log_mix(held_out, weights).mean())
+
+        def stacked(rows: _FitData) -> GaussianMixture:
+            used = [(w, m) for w, m in zip(weights, mixtures, strict=True) if w > 0]
+            fitted = [self._fit_one(self._resolved({**flow, **m}), rows)[0].base for _, m in used]
+            return _combine_mixtures(fitted, [w for w, _ in used])
+
+        base = stacked(d)
+        mix = {"base": "gmm", "base_components": base.num_components, "base_covariance": "full"}
+        fits = {
+            "mixture": ({**flow, **mix, "num_layers": 0}, None),
+            "flow on mixture": ({**flow, **mix}, eval_every),
+            "flow": (flow, eval_every),
+        }
+        results, rows = {}, {}
+        for name, (params, every) in fits.items():
+            model, history = self._fit_one(
+                self._resolved(params), d, every, base if name != "flow" else None
+            )
+            rows[name] = self._scores(model, d)
+            candidates[name] = float(-rows[name].mean())
+            results[name] = (params, model, history)
+        # A more complex model replaces a simpler one only when it is better on the
+        # validation rows by more than two standard errors of the paired difference: on a
+        # few dozen rows (which also stopped the flows early) a smaller gap is noise.
+        chosen = "mixture"
+        for name in ("flow on mixture", "flow"):
+            gain = rows[name] - rows[chosen]
+            se = gain.std(ddof=1) / math.sqrt(len(gain)) if len(gain) > 1 else math.inf
+            if gain.mean() > 2 * se:
+                chosen = name
+        params, model, history = results[chosen]
+        refit = chosen == "mixture"
+        if refit:  # EM on every row (training and validation), as a GMM user would
+            both = _FitData(**{**vars(d), "xt": np.concatenate([d.xt, d.xv])})
+            base = stacked(both)
+            params = {**params, "base_components": base.num_components}
+            model, _ = self._fit_one(self._resolved(params), both, None, base)
+            nll = candidates["mixture"]
+            history = FitHistory(val_steps=[0], val_nll=[nll], best_step=0, best_val_nll=nll)
+        return (
+            model,
+            history,
+            {
+                "chosen": chosen,
+                "params": params,
+                "candidates": {k: round(v, 4) for k, v in candidates.items()},
+                "stacking_weights": {
+                    f"K={m['base_components']} {m['base_covariance']}": round(float(w), 4)
+                    for w, m in zip(weights, mixtures, strict=True)
+                    if w > 0
+                },
+                "refit_on_all_rows": refit,
+            },
+        )
+
+    def _scores(self, model: NormalizingFlow, d: _FitData) -> np.ndarray:
+        """The log-density of each validation row of ``d`` (dequantised as in scoring)."""
+        scorer = _scorer(model, d.widths)
+        dtype = next(iter(model.buffers())).dtype
+        with torch.no_grad():
+            x = torch.as_tensor(d.xv, dtype=dtype)
+            lp = torch.cat([scorer.log_prob(x[i : i + _CHUNK]) for i in range(0, len(x), _CHUNK)])
+        return lp.double().numpy()
+
+    def _mixture_folds(self, d: _FitData) -> list[_FitData]:
+        """The splits that choose the mixture's size and covariances.
+
+        5-fold cross-validation on every row of a small table; the validation rows otherwise
+        (with EM on at most 4 096 training rows).
+        """
+        rows = np.concatenate([d.xt, d.xv])
+        if rows.shape[0] < _AUTO_CV_ROWS:
+            order = np.random.default_rng(self.seed).permutation(rows.shape[0])
+            parts = np.array_split(order, _AUTO_FOLDS)
+            return [
+                _FitData(**{**vars(d), "xt": rows[np.setdiff1d(order, part)], "xv": rows[part]})
+                for part in parts
+            ]
+        if d.xt.shape[0] <= _AUTO_EM_ROWS:
+            return [d]
+        keep = np.random.default_rng(self.seed).permutation(d.xt.shape[0])[:_AUTO_EM_ROWS]
+        return [_FitData(**{**vars(d), "xt": d.xt[keep]})]
+
+    def _resolved(self, params: dict[str, Any]) -> DensityEstimator:
+        """An estimator with this one's settings and ``params`` (a choice of ``flow="auto"``)."""
+        return type(self)(**{**self.get_params(), **params})
 
     # -- using a fitted model -----------------------------------------------------------------
     def _check_fitted(self) -> None:
@@ -794,7 +1227,7 @@ class DensityEstimator:
                 shape ``(C,)``; None for an unconditional model.
         """
         x, c = self._inputs(X, context)
-        return self.flow_.log_prob(x, c)
+        return _scorer(self.flow_, self.lattice_).log_prob(x, c)
 
     def score_samples(self, X: Any, context: Any = None) -> np.ndarray:
         r"""Returns :math:`\log q(x \mid c)` per row, in nats, in the data's own units.
@@ -802,11 +1235,12 @@ class DensityEstimator:
         A float64 array of shape ``(num_rows,)``, computed without gradients in chunks.
         """
         x, c = self._inputs(X, context)
+        scorer = _scorer(self.flow_, self.lattice_)
         out = []
         with torch.no_grad():
             for i in range(0, x.shape[0], _CHUNK):
                 ci = None if c is None else (c if c.shape[0] == 1 else c[i : i + _CHUNK])
-                out.append(self.flow_.log_prob(x[i : i + _CHUNK], ci).double().cpu())
+                out.append(scorer.log_prob(x[i : i + _CHUNK], ci).double().cpu())
         return torch.cat(out).numpy()
 
     def score(self, X: Any, context: Any = None) -> float:
@@ -831,7 +1265,7 @@ class DensityEstimator:
         if c is not None and np.ndim(context) == 1:
             c = c[0]
         with _seeded(seed):
-            x = self.flow_.sample((n_samples,), c)
+            x = _scorer(self.flow_, self.lattice_).sample((n_samples,), c)
         return x.double().cpu().numpy()
 
     # -- persistence --------------------------------------------------------------------------
@@ -861,6 +1295,8 @@ class DensityEstimator:
             },
             "history": asdict(self.history_),
             "info": self.info_,
+            "lattice": floats(self.lattice_),
+            "selection": self.selection_,
         }
 
     def save(self, path: str | os.PathLike) -> None:
@@ -980,6 +1416,10 @@ class DensityEstimator:
         try:
             meta = json.loads(meta_text)
             est = cls(**meta["params"])
+            if "dequantize" not in meta["params"]:  # versions 1 and 2: no lattice, a family
+                est.dequantize = False
+            selection = meta.get("selection")
+            builder = est if selection is None else est._resolved(selection["params"])
             sd = meta["standardization"]
 
             def arr(v: list[float] | None) -> np.ndarray | None:
@@ -989,7 +1429,7 @@ class DensityEstimator:
             # warned when it was fitted: loading it again is not news.
             with _seeded(0), warnings.catch_warnings():
                 warnings.simplefilter("ignore", HiddenWidthWarning)
-                model = est._build(
+                model = builder._build(
                     meta["input_dim"],
                     meta["context_dim"],
                     arr(sd["mean"]),
@@ -1014,6 +1454,8 @@ class DensityEstimator:
         est.mean_, est.scale_ = arr(sd["mean"]), arr(sd["scale"])
         est.context_mean_, est.context_scale_ = arr(sd["context_mean"]), arr(sd["context_scale"])
         est.info_ = meta.get("info") or {}
+        est.lattice_ = arr(meta.get("lattice"))
+        est.selection_ = selection
         est.library_version_ = meta["library_version"]
         est.device = "cpu"
         return est
