@@ -650,10 +650,10 @@ class DensityEstimator:
         if self.num_layers == 0:
             return self._build_base_only(input_dim, context_dim, mean, scale, dtype)
         family = FAMILIES[name]
-        if input_dim < (least := family.smallest_dim(context_dim)):
+        if input_dim < family.min_dim:
             raise ValueError(
-                f"flow={self.flow!r} needs at least {least} columns, got {input_dim}; "
-                "for one column use flow='spline' (or 'planar', 'radial'), or give a context"
+                f"flow={self.flow!r} needs at least {family.min_dim} columns, got {input_dim}; "
+                "for one column use flow='spline' (or 'planar', 'radial')"
             )
         if context_dim is not None and family.make_conditional is None:
             conditional = sorted(
