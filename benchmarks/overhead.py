@@ -426,9 +426,9 @@ def breakdown(args: argparse.Namespace, family: str, mode: str, layers: int) -> 
     # (label, function whose calls are counted, stand-alone statement, inherent?)
     suspects: list[tuple[str, Callable, Fn, bool]] = [
         (
-            "_state_key (parameter versions, per pass)",
-            tbase._state_key,
-            lambda: tbase._state_key(ar[0]),
+            "state_of (parameter versions, per pass)",
+            tbase.state_of,
+            lambda: tbase.state_of(ar[0]),
             False,
         ),
         (
@@ -524,7 +524,7 @@ def what_if(call: Fn, bare: Fn, mode: str, args: argparse.Namespace) -> str:
 
     Nothing is changed on disk: each variant is a ``unittest.mock.patch`` entered around its
     own timing. The variants show what each suspect costs inside the real call and what a
-    cheaper equivalent would save. "_state_key skipped" is unsafe in general (it disables the
+    cheaper equivalent would save. "state_of skipped" is unsafe in general (it disables the
     stale-cache protection) and is here only to measure its cost.
     """
     from unittest import mock
@@ -533,6 +533,7 @@ def what_if(call: Fn, bare: Fn, mode: str, args: argparse.Namespace) -> str:
 
     import pyro_flows.distributions as pfd
     from pyro_flows.transforms import base as tbase
+    from pyro_flows.transforms.cache import ParamState
     from pyro_flows.transforms.permutation import Permutation
 
     original_check_finite = pfd.check_finite
@@ -560,8 +561,8 @@ def what_if(call: Fn, bare: Fn, mode: str, args: argparse.Namespace) -> str:
         "check_finite via isfinite(x.sum()) fast path": [
             lambda: mock.patch.object(pfd, "check_finite", fast_check_finite)
         ],
-        "_state_key skipped (cost measurement only)": [
-            lambda: mock.patch.object(tbase, "_state_key", lambda module: (True,))
+        "state_of skipped (cost measurement only)": [
+            lambda: mock.patch.object(tbase, "state_of", lambda module: ParamState(True, ()))
         ],
     }
     patches["all four together"] = [p for ps in list(patches.values()) for p in ps]

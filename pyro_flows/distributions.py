@@ -10,14 +10,8 @@ from pyro.distributions.conditional import ConditionalTransformModule
 from torch import Tensor, nn
 
 from ._validation import as_rows, check_finite, check_last_dim, check_positive_int
-from .transforms.base import (
-    _cache_valid,
-    _resolve,
-    _state_key,
-    sum_last,
-    uncached_call,
-    uncached_inverse,
-)
+from .transforms.base import sum_last, uncached_call, uncached_inverse
+from .transforms.cache import Draw, resolve, state_of
 from .transforms.standardization import Standardization
 
 __all__ = ["NormalizingFlow"]
@@ -348,20 +342,24 @@ class NormalizingFlow(nn.Module):
 
     def _draw_hit(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor] | None:
         """``(z, log|det J|)`` of the last draw if it produced ``x`` (unchanged), else None."""
-        draw = self.__dict__.get("_draw")
-        if draw is None or draw[1] is not x or draw[2] != x._version or draw[4] is not context:
+        draw: Draw | None = self.__dict__.get("_draw")
+        if draw is None or draw.x is not x or draw.x_version != x._version:
             return None
-        if context is not None and draw[5] != context._version:
+        if draw.context is not context:
             return None
-        if not _cache_valid(draw[6], _state_key(self)):
+        if context is not None and draw.context_version != context._version:
             return None
-        ladjs = [_resolve(ladj) for ladj in draw[3]]
+        if not draw.state.serves(state_of(self)):
+            return None
+        ladjs = [resolve(ladj) for ladj in draw.ladjs]
         total = ladjs[0]
         for ladj in ladjs[1:]:
             total = total + ladj
-        if torch.is_grad_enabled() == draw[6][0]:  # keep only a value of the draw's mode
-            self.__dict__["_draw"] = draw[:3] + ([total],) + draw[4:]
-        return draw[0], total
+        if torch.is_grad_enabled() == draw.state.grad_enabled:  # keep a value of its mode
+            self.__dict__["_draw"] = Draw(
+                draw.z, x, draw.x_version, [total], context, draw.context_version, draw.state
+            )
+        return draw.z, total
 
     def rsample(
         self, sample_shape: torch.Size | tuple = (), context: Tensor | None = None
@@ -369,8 +367,8 @@ class NormalizingFlow(nn.Module):
         """Draws reparametrised samples of shape ``sample_shape + context batch + (D,)``."""
         if self.base is not None:
             return self(context).rsample(torch.Size(sample_shape))
-        # Same draws as Normal(0, 1).sample (one randn), without building the distribution:
-        # for small networks that was 5% of a sampling pass.
+        # Same draws as Normal(0, 1).sample (one randn), without building the distribution,
+        # whose cost shows for small networks (docs/benchmarks.md, overhead).
         transform = self._transform(context)
         batch = () if context is None else context.shape[:-1]
         shape = torch.Size(sample_shape) + batch + (self.input_dim,)
@@ -382,13 +380,13 @@ class NormalizingFlow(nn.Module):
         if out is None:
             return transform(z) if std is None else std(transform(z))
         # Without: one record for the whole chain (see log_prob), and the parts' caches stay
-        # untouched; keeping every layer's tensors alive cost 5% of a 5-layer IAF draw.
+        # untouched, so no layer keeps its tensors alive between calls.
         x, ladjs = out
         if std is not None:
             x, ladj = std._call_and_ladj(x)
             ladjs = [*ladjs, ladj]
         version = None if context is None else context._version
-        self.__dict__["_draw"] = (z, x, x._version, ladjs, context, version, _state_key(self))
+        self.__dict__["_draw"] = Draw(z, x, x._version, ladjs, context, version, state_of(self))
         return x
 
     def sample(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from torch import nn
 from . import transforms as T
 from ._validation import check_choice, check_positive_int
 from .distributions import NormalizingFlow
+from .transforms.base import one_input_made
 
 __all__ = [
     "FAMILIES",
@@ -28,14 +30,18 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Family:
-    """How to build one layer of a flow family.
+    r"""How to build one layer of a flow family.
 
     Arguments:
         make: ``make(input_dim, **kwargs)`` returns a layer: a
             :class:`~pyro_flows.transforms.FlowTransform`, or a Pyro transform module, which is
             then wrapped.
         make_conditional: ``make_conditional(input_dim, context_dim, **kwargs)``, or None.
-        min_dim: The smallest event size the family accepts.
+        min_dim: The smallest event size the family accepts without a context.
+        conditional_min_dim: The smallest event size of ``make_conditional``: 1 for every
+            family here, since a conditional layer of one variable is a map whose parameters
+            come from the context (a conditional MAF of one variable is the affine map
+            :math:`z = x\, e^{s(c)} + \mu(c)`). Read both through :meth:`smallest_dim`.
         invertible: False for families without an analytic inverse (NAF, BNAF): they can
             sample and score their own samples, but not score data.
         fast_direction: ``"density"`` when scoring data takes one pass (MAF, coupling),
@@ -52,14 +58,34 @@ class Family:
     make: Callable[..., nn.Module]
     make_conditional: Callable[..., nn.Module] | None = None
     min_dim: int = 1
+    conditional_min_dim: int = 1
     invertible: bool = True
     fast_direction: str = "both"
     ordered: bool = False
     affine: bool = False
 
+    def smallest_dim(self, context_dim: int | None = None) -> int:
+        """The smallest event size :func:`build` accepts, without or with a context.
+
+        Example:
+            >>> FAMILIES["maf"].smallest_dim(), FAMILIES["maf"].smallest_dim(context_dim=3)
+            (2, 1)
+        """
+        return self.min_dim if context_dim is None else self.conditional_min_dim
+
 
 def _pyro(name: str) -> Callable[..., nn.Module]:
-    return getattr(pyro_transforms, name)
+    make = getattr(pyro_transforms, name)
+    if not name.startswith("conditional_"):
+        return make
+
+    # Pyro warns on a conditional MADE of one input, which is this family's D = 1 layer.
+    @functools.wraps(make)
+    def make_conditional(*args: Any, **kwargs: Any) -> nn.Module:
+        with one_input_made():
+            return make(*args, **kwargs)
+
+    return make_conditional
 
 
 FAMILIES: dict[str, Family] = {
@@ -78,9 +104,14 @@ FAMILIES: dict[str, Family] = {
     # one Glow step on vectors: ActNorm (initialised by the first batch of data it scores),
     # LU 1x1 "convolution" (a learned rotation of the features), affine coupling
     "glow": Family(T.glow_step, min_dim=2),
-    # y = x + g(x) samples in one pass; pass inverse=True for one-pass density of data
-    "iresnet": Family(T.iresnet, T.conditional_iresnet, fast_direction="sample"),
-    "residual_flow": Family(T.residual_flow, T.conditional_residual_flow, fast_direction="sample"),
+    # y = x + g(x) samples in one pass; pass inverse=True for one-pass density of data. An
+    # elementwise affine map between the blocks by default: a block's Jacobian I + J_g has
+    # singular values in [1 - Lip(g), 1 + Lip(g)], the affine maps give each feature its scale
+    # (8 gaussians, 5 blocks: KL 0.87 -> 0.47, docs/benchmarks.md "Residual flows")
+    "iresnet": Family(T.iresnet, T.conditional_iresnet, fast_direction="sample", affine=True),
+    "residual_flow": Family(
+        T.residual_flow, T.conditional_residual_flow, fast_direction="sample", affine=True
+    ),
     # Pyro's families, wrapped (see pyro_flows.transforms.PyroTransform):
     "spline": Family(T.elementwise_spline, _pyro("conditional_spline")),
     "spline_coupling": Family(_pyro("spline_coupling"), min_dim=2),
@@ -210,7 +241,7 @@ def build(
         torch.Size([5, 3])
     """
     name, family = lookup_family(name)
-    check_positive_int(input_dim, "input_dim", minimum=family.min_dim)
+    check_positive_int(input_dim, "input_dim", minimum=family.smallest_dim(context_dim))
     check_positive_int(num_layers, "num_layers")
     if context_dim is not None:
         check_positive_int(context_dim, "context_dim")

@@ -559,9 +559,10 @@ def test_one_column_given_context_fits_with_the_default_command(data, tmp_path, 
     out = tmp_path / "cond1.pt"
     argv = ["fit", str(data), "--columns", "a", "--context", "c", "--out", str(out), *QUICK]
     assert main(argv) == 0, capsys.readouterr().err
-    assert "fitted spline (1 layers, hidden 64,64)" in capsys.readouterr().out
+    # MAF of one column given a context: an affine map whose shift and scale see the context
+    assert "fitted maf (1 layers, hidden 64,64)" in capsys.readouterr().out
     est = DensityEstimator.load(out)
-    assert (est.n_features_in_, est.context_names_in_) == (1, ["c"])
+    assert (est.flow, est.n_features_in_, est.context_names_in_) == ("maf", 1, ["c"])
     assert main(["score", str(out), str(data)]) == 0
     assert "mean NLL" in capsys.readouterr().out
     at = tmp_path / "at.csv"
@@ -648,7 +649,7 @@ def test_help_shows_defaults_and_shared_options(capsys):
     text = " ".join(capsys.readouterr().out.split())
     for default in ("(default: 1000)", "(default: 512)", "(default: 0.1)", "(default: auto)"):
         assert default in text
-    assert "(default: maf, or spline for one data column)" in text
+    assert "(default: maf, or spline for one data column without --context)" in text
     for command in ("fit", "score", "plot", "sample"):
         assert main([command, "--help"]) == 0
         text = capsys.readouterr().out

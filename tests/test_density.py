@@ -16,6 +16,7 @@ from pyro_flows.density import (
 )
 from pyro_flows.distributions import NormalizingFlow
 from pyro_flows.flows import build
+from pyro_flows.transforms import ConditionalMaskedAutoregressive
 
 # A 2-D Gaussian far from the origin with very different scales: a score in the wrong units
 # would be off by log(10 * 0.1) terms and the offset, so matching it to TOL checks the units.
@@ -443,6 +444,22 @@ def test_one_column_given_a_context_fits_at_the_defaults(tmp_path):
     est.save(tmp_path / "m.pt")
     again = DensityEstimator.load(tmp_path / "m.pt")
     np.testing.assert_array_equal(again.score_samples(x, c), est.score_samples(x, c))
+
+
+def test_one_column_given_a_context_fits_a_conditional_maf():
+    # flow="maf" on one column needs a context: the layer is x e^{s(c)} + mu(c)
+    rng = np.random.default_rng(8)
+    c = rng.normal(size=(400, 1))
+    x = 2.0 * c + 0.2 * rng.normal(size=(400, 1))
+    est = DensityEstimator("maf", num_layers=1, num_steps=300, seed=0).fit(x, c)
+    layers = [m for m in est.flow_.modules() if isinstance(m, ConditionalMaskedAutoregressive)]
+    assert [m.input_dim for m in layers] == [1]
+    at = np.array([[-1.0], [1.0]])
+    right = est.score_samples(np.array([[-2.0], [2.0]]), at)
+    wrong = est.score_samples(np.array([[2.0], [-2.0]]), at)
+    assert (right > wrong + 5).all()  # the density follows the context
+    with pytest.raises(ValueError, match="needs at least 2 columns, got 1.*or give a context"):
+        DensityEstimator("maf", num_steps=1).fit(x)
 
 
 def test_hidden_dims_refused_by_a_family_without_networks():

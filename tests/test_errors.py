@@ -1,9 +1,11 @@
 """Bad input gets a ValueError/TypeError that names the argument and what was expected."""
 
+import numpy as np
 import pytest
 import torch
 
 import pyro_flows.transforms as T
+from pyro_flows._validation import check_positive_float
 from pyro_flows.flows import build, normalizing_flow
 
 
@@ -36,6 +38,24 @@ from pyro_flows.flows import build, normalizing_flow
 def test_bad_hyper_parameters(call, match):
     with pytest.raises((ValueError, TypeError), match=match):
         call()
+
+
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda: T.affine_coupling(4, log_scale_bound="5"), TypeError, "log_scale_bound must"),
+        (lambda: T.maf(3, log_scale_bound=True), TypeError, "log_scale_bound must be a positive"),
+        (lambda: T.maf(3, log_scale_bound=0.0), ValueError, "log_scale_bound must be a positive"),
+        (lambda: T.ffjord(2, rtol=float("nan")), ValueError, "rtol must be a positive number"),
+        (lambda: T.ffjord(2, atol=float("inf")), ValueError, "atol must be finite, got inf"),
+        (lambda: T.ffjord(2, rtol="1e-5"), TypeError, "rtol must be a positive number"),
+    ],
+)
+def test_positive_numbers_type_error_for_a_kind_value_error_for_a_value(call, error, match):
+    # _validation's rule: TypeError for the wrong kind of argument, ValueError for a bad value
+    with pytest.raises(error, match=match):
+        call()
+    assert check_positive_float(np.float32(0.5), "x") == 0.5
 
 
 def test_non_integer_dims_are_type_errors():

@@ -95,9 +95,13 @@ def translate(message: str, data: str) -> str:
     return m
 
 
-def default_flow(num_columns: int) -> str:
-    """The family of ``fit`` without ``--flow``: MAF, or a spline for one column."""
-    return "maf" if num_columns >= 2 else "spline"
+def default_flow(num_columns: int, conditional: bool = False) -> str:
+    """The family of ``fit`` without ``--flow``: MAF, or a spline for one column and no context.
+
+    Given a context, one column gets MAF too: an affine map whose shift and scale come from
+    the context (a conditional spline of one column overfits).
+    """
+    return "maf" if num_columns >= 2 or conditional else "spline"
 
 
 def register_subcommand(subparsers: argparse._SubParsersAction) -> None:
@@ -125,7 +129,7 @@ def register_subcommand(subparsers: argparse._SubParsersAction) -> None:
         choices=flows,
         metavar="FAMILY",
         help=f"the flow family, one of: {', '.join(flows)} (default: maf, or spline for one "
-        "data column)",
+        "data column without --context)",
     )
     p.add_argument("--layers", type=positive_int, default=5, help="number of flow layers")
     p.add_argument(
@@ -277,7 +281,7 @@ def run(args: argparse.Namespace) -> int:
         cols, ctx = data_columns(table, args.columns, args.context)
         x = numeric(table, cols)
         c = None if ctx is None else numeric(table, ctx)
-    flow = args.flow or default_flow(len(cols))
+    flow = args.flow or default_flow(len(cols), conditional=ctx is not None)
     est = DensityEstimator(
         flow=flow,
         flow_kwargs=_residual(args, flow, ctx is not None),

@@ -18,17 +18,19 @@ See the tutorial ``docs/tutorials/variational_inference.md``.
 """
 
 from .amortized import AmortizedFlowGuide
+from .catalog import (
+    add_comparison_arguments,
+    compare_from_args,
+    guides_from_labels,
+    standard_guides,
+)
 from .compare import (
     GuideReport,
     SkippedStepsWarning,
-    add_comparison_arguments,
-    compare_from_args,
     compare_guides,
     fit_svi,
     format_table,
-    guides_from_labels,
     pair_plot,
-    standard_guides,
 )
 from .diagnostics import (
     ImportanceSamples,

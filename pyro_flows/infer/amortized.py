@@ -156,7 +156,7 @@ class AmortizedFlowGuide(AutoGuide):
         unconstrained = biject_to(fn.support).inv(site["value"]).shape
         self._unconstrained_event = unconstrained[len(fn.batch_shape) :]
         self.latent_dim = math.prod(self._unconstrained_event)
-        min_dim = lookup_family(self._family_name)[1].min_dim
+        min_dim = lookup_family(self._family_name)[1].conditional_min_dim  # always conditional
         if self.latent_dim < min_dim:
             raise ValueError(
                 f"flow {self._family_name!r} needs at least {min_dim} dimensions per point; "

@@ -22,6 +22,7 @@ from torch.distributions import biject_to
 
 from .._validation import check_choice, check_positive_int
 from ..flows import Family, build, lookup_family
+from .compare import fit_svi
 
 __all__ = [
     "AutoFlowGuide",
@@ -56,12 +57,10 @@ def init_to_centre(site: dict | None = None) -> Tensor | Callable[[dict], Tensor
     error is :math:`\approx 0.3` prior sds: tens of units for the vague priors of a
     hierarchical model (``Normal(0, 100)``), and every group effect then starts at its own
     random offset. An optimizer with learning rate :math:`\eta` moves a parameter by at most
-    about :math:`\eta` per step, so a start that far away is never undone: on the radon model
-    (89 latents, 3000 steps, lr 5e-3 decaying to 5e-4, at most about 6 units of travel) an IAF
-    guide so started ended at an ELBO of -2895 (k-hat 27), against -1112.8 (k-hat 0.57) from
-    this start. Prior means of scale sites are avoided for the same reason: ``HalfNormal(100)``'s
-    mean 80 is :math:`\log 80 \approx 4.4` units from a posterior scale near 1 (-1143.5 and
-    k-hat 2.3 with Pyro's ``init_to_mean`` on that model).
+    about :math:`\eta` per step, so a start that far away is never undone (the radon model's
+    numbers are in docs/benchmarks.md, flow guide starts). Prior means of scale sites are
+    avoided for the same reason: ``HalfNormal(100)``'s mean 80 is :math:`\log 80 \approx 4.4`
+    units from a posterior scale near 1.
 
     Arguments:
         site: A sample site, or None to return this function (as Pyro's ``init_to_*``).
@@ -203,15 +202,12 @@ class AutoFlowGuide(AutoContinuous):
 
     Warning:
         On tightly identified posteriors far from the initial point (posterior standard
-        deviations of :math:`10^{-3}` in the unconstrained space, as posteriordb's
-        ``sblrc-blr``), flow guides are fragile: with ``init_scale=0.1`` the IAF and MAF guides
-        were seen to diverge within the first 30 steps (noisy gradients random-walk the
-        log-scales of the layers until a draw overflows), and with ``init_scale=1`` they had
-        not shrunk to the posterior after 5000 steps. Start them from a Laplace
-        approximation instead (``warm_start=1500, affine="full"``, or :meth:`init_from` a
-        fitted Gaussian guide): on ``sblrc-blr`` an IAF guide started so had sd errors of 0.03
-        posterior sds and k-hat 0.37, where cold-started flow guides had not converged
-        (``benchmarks/vi_guides.py``).
+        deviations of :math:`10^{-3}` in the unconstrained space), flow guides are fragile: a
+        narrow start can diverge (noisy gradients random-walk the log-scales of the layers
+        until a draw overflows) and a wide one may not shrink to the posterior in thousands of
+        steps. Start them from a Laplace approximation instead (``warm_start=1500,
+        affine="full"``, or :meth:`init_from` a fitted Gaussian guide); docs/benchmarks.md
+        (flow guide starts) has the ``sblrc-blr`` runs that show both.
 
     Unlike Pyro's flow guides, :meth:`median` and :meth:`quantiles` are answered: by Monte
     Carlo, from ``num_mc_samples`` draws, per coordinate (see :meth:`quantiles` for the error).
@@ -375,8 +371,6 @@ class AutoFlowGuide(AutoContinuous):
     def _fit_laplace_start(self, args: tuple, kwargs: dict) -> None:
         # The first guide call usually happens inside an ELBO's trace: block it, so the MAP
         # fit's sample and param sites never reach the outer handlers.
-        from .compare import fit_svi  # compare imports this module
-
         with poutine.block(), torch.enable_grad():
             laplace = AutoLaplaceApproximation(self.model, init_loc_fn=self._init_loc_fn)
             laplace._pyro_name = f"{self._pyro_name}.warm_start"  # never a user's parameters

@@ -9,8 +9,6 @@ event shape ``(D,)``: the output holds :math:`P` parameters (``num_params``) for
 
 from __future__ import annotations
 
-import math
-
 import pyro.distributions as dist
 import torch
 from pyro.distributions import TorchDistribution
@@ -18,7 +16,7 @@ from torch import Tensor, nn
 from torch.distributions import constraints
 from torch.distributions.utils import broadcast_all
 
-from .._validation import check_choice, check_positive_int
+from .._validation import check_choice, check_positive_float, check_positive_int
 
 __all__ = [
     "Bernoulli",
@@ -28,14 +26,6 @@ __all__ = [
     "Likelihood",
     "likelihood",
 ]
-
-
-def _check_positive(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise TypeError(f"{name} must be a positive number, got {value!r}")
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
-    return float(value)
 
 
 class Likelihood(nn.Module):
@@ -125,8 +115,8 @@ class Gaussian(Likelihood):
                 raise ValueError("scale must be a positive number or a 1-D tensor of them")
             self.register_buffer("scale", scale)
         else:
-            self.scale = None if scale is None else _check_positive(scale, "scale")
-        self.min_scale = _check_positive(min_scale, "min_scale")
+            self.scale = None if scale is None else check_positive_float(scale, "scale")
+        self.min_scale = check_positive_float(min_scale, "min_scale")
         self.num_params = 1 if scale is not None else 2
 
     def distribution(self, loc: Tensor, raw: Tensor | None = None) -> dist.Distribution:  # noqa: D102

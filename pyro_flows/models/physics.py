@@ -7,15 +7,9 @@ import math
 import torch
 from torch import Tensor
 
-from .._validation import check_last_dim, check_positive_int
+from .._validation import check_last_dim, check_positive_float, check_positive_int
 
 __all__ = ["Poisson1D"]
-
-
-def _positive(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
-    return float(value)
 
 
 class Poisson1D:
@@ -66,8 +60,8 @@ class Poisson1D:
         mean: float = 0.0,
     ) -> None:
         self.num_points = check_positive_int(num_points, "num_points", minimum=3)
-        self.length_scale = _positive(length_scale, "length_scale")
-        self.std = _positive(std, "std")
+        self.length_scale = check_positive_float(length_scale, "length_scale")
+        self.std = check_positive_float(std, "std")
         if isinstance(mean, bool) or not isinstance(mean, int | float) or not math.isfinite(mean):
             raise ValueError(f"mean must be a finite number, got {mean!r}")
         self.mean = float(mean)
@@ -150,7 +144,7 @@ class Poisson1D:
                 raise ValueError("noise must be positive, one value or one per sensor")
             noise = noise.double()
         else:
-            noise = _positive(noise, "noise")
+            noise = check_positive_float(noise, "noise")
         f = self.sample_forcing(num_samples, generator)
         fields = torch.cat([self.solve(f), f], dim=-1)
         readings = fields[:, sensors]

@@ -10,7 +10,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from .._validation import check_choice, check_hidden_dims, check_positive_int
+from .._validation import (
+    check_choice,
+    check_hidden_dims,
+    check_positive_float,
+    check_positive_int,
+)
 
 __all__ = [
     "LIPSCHITZ_ACTIVATIONS",
@@ -25,14 +30,6 @@ __all__ = [
     "LipSwish",
     "lipschitz_norm",
 ]
-
-
-def _check_positive_float(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    return float(value)
 
 
 def _check_input_shape(input_shape: Sequence[int], name: str = "input_shape") -> tuple[int, ...]:
@@ -128,9 +125,9 @@ class LipschitzNorm(nn.Module):
         n_vectors: int = 4,
     ) -> None:
         super().__init__()
-        self.coeff = _check_positive_float(coeff, "coeff")
+        self.coeff = check_positive_float(coeff, "coeff")
         self.max_iterations = check_positive_int(max_iterations, "max_iterations")
-        self.rtol = _check_positive_float(rtol, "rtol")
+        self.rtol = check_positive_float(rtol, "rtol")
         if weight.dim() == 2:
             if input_shape is not None:
                 raise ValueError("input_shape is only for convolution weights; drop it")
@@ -344,7 +341,7 @@ class LipSwish(nn.Module):
 
     def __init__(self, beta: float = 1.0) -> None:
         super().__init__()
-        self.beta_init = _check_positive_float(beta, "beta")
+        self.beta_init = check_positive_float(beta, "beta")
         self.raw_beta = nn.Parameter(torch.empty(()))
         self.reset_parameters()
 
@@ -730,7 +727,7 @@ class LipschitzMLP(LipschitzNetwork):
         hidden = check_hidden_dims(hidden_dims)
         if not hidden:
             raise ValueError("hidden_dims must have at least one entry")
-        lipschitz = _check_positive_float(lipschitz, "lipschitz")
+        lipschitz = check_positive_float(lipschitz, "lipschitz")
         dims = [input_dim, *hidden, input_dim]
         kw = {"max_power_iterations": max_power_iterations, "power_rtol": power_rtol}
         layers = [
@@ -790,7 +787,7 @@ class LipschitzConvNet(LipschitzNetwork):
         hidden = check_hidden_dims(hidden_channels, "hidden_channels")
         if not hidden:
             raise ValueError("hidden_channels must have at least one entry")
-        lipschitz = _check_positive_float(lipschitz, "lipschitz")
+        lipschitz = check_positive_float(lipschitz, "lipschitz")
         channels = [shape[0], *hidden, shape[0]]
         if isinstance(kernel_size, int):
             kernels = [kernel_size] * (len(channels) - 1)

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from torchdiffeq import odeint, odeint_adjoint
 
-from .._validation import check_choice
+from .._validation import check_choice, check_positive_float
 
 __all__ = [
     "ADAPTIVE_METHODS",
@@ -37,14 +37,6 @@ FIXED_STEP_METHODS: tuple[str, ...] = (
 METHODS: tuple[str, ...] = tuple(sorted(ADAPTIVE_METHODS + FIXED_STEP_METHODS))
 
 State = Tensor | tuple[Tensor, ...]
-
-
-def _positive(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
-    if value == float("inf"):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    return float(value)
 
 
 def _detached_norm(state: State) -> Tensor:
@@ -145,12 +137,14 @@ class ODESolver:
 
     def __post_init__(self) -> None:
         check_choice(self.method, METHODS, "method")
-        object.__setattr__(self, "rtol", _positive(self.rtol, "rtol"))
-        object.__setattr__(self, "atol", _positive(self.atol, "atol"))
+        object.__setattr__(self, "rtol", check_positive_float(self.rtol, "rtol"))
+        object.__setattr__(self, "atol", check_positive_float(self.atol, "atol"))
         if self.method in FIXED_STEP_METHODS:
             if self.step_size is None:
                 raise ValueError(f"method {self.method!r} is fixed-step: pass step_size > 0")
-            object.__setattr__(self, "step_size", _positive(self.step_size, "step_size"))
+            object.__setattr__(
+                self, "step_size", check_positive_float(self.step_size, "step_size")
+            )
         elif self.step_size is not None:
             raise ValueError(
                 f"step_size applies to the fixed-step methods {list(FIXED_STEP_METHODS)}; "

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torch.distributions import constraints
 
 from .._validation import check_positive_int
-from .base import FlowTransform, _state_key
+from .base import FlowTransform
 
 __all__ = ["ShapedFlowTransform", "check_event_shape"]
 
@@ -70,13 +70,13 @@ class ShapedFlowTransform(FlowTransform):
     def _call(self, x: Tensor) -> Tensor:
         self._check(x, self.event_shape, "x")
         y, ladj = self._call_and_ladj(x)
-        self._saved = (x, y, ladj, _state_key(self))
+        self._remember(x, y, ladj)
         return y
 
     def _inverse(self, y: Tensor) -> Tensor:
         self._check(y, self.out_shape, "y")
         x, ladj = self._inverse_and_ladj(y)
-        self._saved = (x, y, ladj, _state_key(self))
+        self._remember(x, y, ladj)
         return x
 
     def _batch(self, x: Tensor) -> torch.Size:

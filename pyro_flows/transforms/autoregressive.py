@@ -12,12 +12,14 @@ from ..nn.dense import default_hidden_dims
 from ..nn.made import MADE, ConditionalMADE
 from .base import (
     ConditionalFlowTransform,
-    Deferred,
     FlowTransform,
+    bounded_log_scale,
     broadcast_context,
+    check_log_scale_bound,
+    one_input_made,
     sum_last,
 )
-from .coupling import _check_bound, bounded_log_scale
+from .cache import Deferred
 
 __all__ = [
     "ConditionalInverseAutoregressive",
@@ -69,7 +71,7 @@ class _Autoregressive(FlowTransform):
     ) -> None:
         super().__init__(input_dim, cache_size=cache_size)
         self.network = network
-        self.log_scale_bound = _check_bound(log_scale_bound)
+        self.log_scale_bound = check_log_scale_bound(log_scale_bound)
         self.context = context
 
     def _shift_and_log_scale(self, v: Tensor) -> tuple[Tensor, Tensor]:
@@ -116,7 +118,7 @@ class _Autoregressive(FlowTransform):
             # tanh's backward keeps squashed, so the scale needs a tensor of its own; exp_ and
             # addcmul_ destroy nothing autograd saved (mul by a number and addcmul's self need
             # none). The sum is read from the intact squashed, now or later: a sampling pass
-            # (not sum_now) never pays for it, which beat an eager sum by 4% without a graph.
+            # (not sum_now) never pays for it (measured: docs/benchmarks.md, overhead).
             ladj = (
                 sum_last(squashed, weight)
                 if sum_now
@@ -152,13 +154,14 @@ class MaskedAutoregressive(_Autoregressive):
     where :math:`(\mu, s)` come from one pass of a MADE network over :math:`x`. This transform
     maps :math:`z` to :math:`x` (the generative direction), so its inverse and the
     log-determinant of data take **one** network pass: ``TransformedDistribution.log_prob`` of
-    data is fast. (This form of the data-to-noise map, also zuko's, trained to a lower KL in
-    our benchmarks than :math:`(x - \mu) e^{-s}`.) The forward direction
+    data is fast. (This form of the data-to-noise map, also zuko's, trained to a lower KL
+    than :math:`(x - \mu) e^{-s}`: docs/benchmarks.md.) The forward direction
     (sampling) solves the recursion in :math:`D` passes. For a guide, whose samples are drawn
     and then scored, :class:`InverseAutoregressive` is the efficient choice.
 
     Arguments:
-        input_dim: The event size :math:`D \ge 2`.
+        input_dim: The event size :math:`D`: :math:`D \ge 2`, or :math:`D \ge 1` with a
+            context.
         network: A :class:`pyro.nn.AutoRegressiveNN` (or conditional one when ``context`` is
             given) with ``param_dims=[1, 1]``, returning :math:`(\mu, \tilde s)`.
         log_scale_bound: The bound :math:`b` of :math:`s = b \tanh(\tilde s / b)`, or None.
@@ -202,7 +205,8 @@ class InverseAutoregressive(_Autoregressive):
     passes; for density estimation prefer :class:`MaskedAutoregressive`.
 
     Arguments:
-        input_dim: The event size :math:`D \ge 2`.
+        input_dim: The event size :math:`D`: :math:`D \ge 2`, or :math:`D \ge 1` with a
+            context.
         network: A :class:`pyro.nn.AutoRegressiveNN` (or conditional one when ``context`` is
             given) with ``param_dims=[1, 1]``.
         log_scale_bound: The bound of the log-scale, or None.
@@ -240,7 +244,7 @@ class _ConditionalAutoregressive(ConditionalFlowTransform):
     ) -> None:
         super().__init__(input_dim, context_dim)
         self.network = network
-        self.log_scale_bound = _check_bound(log_scale_bound)
+        self.log_scale_bound = check_log_scale_bound(log_scale_bound)
 
     def _condition(self, context: Tensor) -> _Autoregressive:
         return self.transform_class(
@@ -251,7 +255,9 @@ class _ConditionalAutoregressive(ConditionalFlowTransform):
 class ConditionalMaskedAutoregressive(_ConditionalAutoregressive):
     r"""MAF layer whose shifts and log-scales also see a context: :math:`\mu(x_{<i}, c)`.
 
-    ``.condition(c)`` returns a :class:`MaskedAutoregressive` sharing the parameters.
+    ``.condition(c)`` returns a :class:`MaskedAutoregressive` sharing the parameters. With one
+    variable (:math:`D = 1`) the layer is the affine map :math:`z = x\, e^{s(c)} + \mu(c)`, a
+    conditional density of one variable given the context.
 
     Example:
         >>> t = conditional_maf(3, 2, hidden_dims=[16])
@@ -265,7 +271,8 @@ class ConditionalMaskedAutoregressive(_ConditionalAutoregressive):
 class ConditionalInverseAutoregressive(_ConditionalAutoregressive):
     r"""IAF layer whose shifts and log-scales also see a context: :math:`\mu(z_{<i}, c)`.
 
-    ``.condition(c)`` returns an :class:`InverseAutoregressive` sharing the parameters.
+    ``.condition(c)`` returns an :class:`InverseAutoregressive` sharing the parameters. With
+    :math:`D = 1` the layer is the affine map :math:`y = z\, e^{s(c)} + \mu(c)`.
 
     Example:
         >>> t = conditional_iaf(3, 2, hidden_dims=[16])
@@ -283,14 +290,22 @@ def _made(
     order: str | Sequence[int] | Tensor,
     residual: bool = False,
 ) -> nn.Module:
-    check_positive_int(input_dim, "input_dim", minimum=2)
+    # Without a context, one variable has nothing to be autoregressive on; with one, the
+    # layer of one variable is an affine map whose shift and log-scale see the context only.
+    check_positive_int(input_dim, "input_dim", minimum=1 if context_dim else 2)
     # widths below input_dim are widened by the MADE, with a HiddenWidthWarning
     hidden = check_hidden_dims(hidden_dims or [3 * input_dim + 1])
     perm = autoregressive_order(input_dim, order)
     if context_dim:
-        return ConditionalMADE(
-            input_dim, context_dim, hidden, param_dims=[1, 1], permutation=perm, residual=residual
-        )
+        with one_input_made():
+            return ConditionalMADE(
+                input_dim,
+                context_dim,
+                hidden,
+                param_dims=[1, 1],
+                permutation=perm,
+                residual=residual,
+            )
     return MADE(input_dim, hidden, param_dims=[1, 1], permutation=perm, residual=residual)
 
 
@@ -351,7 +366,13 @@ def conditional_maf(
 ) -> ConditionalMaskedAutoregressive:
     """Builds a :class:`ConditionalMaskedAutoregressive` (arguments as :func:`maf`).
 
+    ``input_dim`` may be 1 (the shift and log-scale then come from the context alone);
     ``hidden_dims`` defaults to ``default_hidden_dims(input_dim, context_dim)``.
+
+    Example:
+        >>> t = conditional_maf(1, 2, hidden_dims=[16]).condition(torch.randn(5, 2))
+        >>> t.inv(torch.randn(5, 1)).shape
+        torch.Size([5, 1])
     """
     check_positive_int(context_dim, "context_dim")
     if hidden_dims is None:
@@ -368,7 +389,10 @@ def conditional_iaf(
     log_scale_bound: float | None = 5.0,
     residual: bool = False,
 ) -> ConditionalInverseAutoregressive:
-    """Builds a :class:`ConditionalInverseAutoregressive` (arguments as :func:`iaf`)."""
+    """Builds a :class:`ConditionalInverseAutoregressive` (arguments as :func:`iaf`).
+
+    ``input_dim`` may be 1 (the shift and log-scale then come from the context alone).
+    """
     check_positive_int(context_dim, "context_dim")
     net = _made(input_dim, context_dim, hidden_dims, order, residual)
     return ConditionalInverseAutoregressive(input_dim, context_dim, net, log_scale_bound)

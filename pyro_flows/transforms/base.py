@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -14,18 +16,26 @@ from torch import Tensor, nn
 from torch.distributions import constraints
 from torch.distributions.utils import _sum_rightmost
 
-from .._validation import check_finite, check_hidden_dims, check_last_dim, check_positive_int
+from .._validation import (
+    check_finite,
+    check_hidden_dims,
+    check_last_dim,
+    check_positive_float,
+    check_positive_int,
+)
+from .cache import Deferred, Pass, resolve, state_of
 
 __all__ = [
     "Compose",
     "ConditionalCompose",
     "ConditionalFlowTransform",
-    "Deferred",
     "FlowTransform",
     "HypernetConditional",
     "InverseFlowTransform",
+    "bounded_log_scale",
     "broadcast_context",
     "dense_hypernet",
+    "one_input_made",
     "precise_softplus",
     "sum_last",
     "uncached_call",
@@ -33,33 +43,27 @@ __all__ = [
 ]
 
 
-def _state_key(module: torch.nn.Module) -> tuple:
-    """A key that changes whenever a parameter or buffer is updated in place or moved.
+def bounded_log_scale(raw: Tensor, bound: float | None) -> Tensor:
+    r"""Maps a raw network output to a log-scale in :math:`(-b, b)`: :math:`s = b \tanh(r / b)`.
 
-    ``optimizer.step()``, ``load_state_dict`` and ``.to()`` all change it, so a cache keyed on it
-    can never answer with values computed from old parameters (Pyro issue #2564).
+    Smooth (gradients never vanish abruptly as with a hard clamp) and the identity near 0, so
+    a zero-initialised network starts at the identity map. ``bound=None`` leaves ``raw`` as is.
+
+    Example:
+        >>> bounded_log_scale(torch.tensor([0.0, 100.0]), 5.0)
+        tensor([0., 5.])
     """
-    # A direct walk of the module tree: four times faster than parameters()/buffers(), and it
-    # runs on every pass of every layer.
-    key = [torch.is_grad_enabled()]
-    stack = [module]
-    while stack:
-        m = stack.pop()
-        for t in m._parameters.values():
-            if t is not None:
-                key.append((t._version, t.data_ptr()))
-        for t in m._buffers.values():
-            if t is not None:
-                key.append((t._version, t.data_ptr()))
-        for c in m._modules.values():
-            if c is not None:
-                stack.append(c)
-    return tuple(key)
+    if bound is None:
+        return raw
+    return bound * torch.tanh(raw / bound)
 
 
-def _cache_valid(saved: tuple, now: tuple) -> bool:
-    # A value computed with gradients on may serve a no-grad call, not the reverse.
-    return saved[1:] == now[1:] and (saved[0] or not now[0])
+def check_log_scale_bound(bound: float | None) -> float | None:
+    """Returns ``bound`` (a positive number, or None for no bound) for :func:`bounded_log_scale`.
+
+    Raises a TypeError for a non-number, a ValueError for a number that is not positive.
+    """
+    return None if bound is None else check_positive_float(bound, "log_scale_bound")
 
 
 def precise_softplus(x: Tensor) -> Tensor:
@@ -75,8 +79,8 @@ def sum_last(t: Tensor, weight: float = 1.0) -> Tensor:
     """``weight * t.sum(-1)``, as one matrix-vector product.
 
     Summing rows of a few dozen entries is a reduction torch's CPU kernels do poorly; BLAS's
-    ``gemv`` does it in half the time, and ``weight`` rides along at no extra pass. The ones
-    vector is made from ``t`` itself, so it follows its dtype and device.
+    ``gemv`` does it faster (docs/benchmarks.md), and ``weight`` rides along at no extra pass.
+    The ones vector is made from ``t`` itself, so it follows its dtype and device.
     """
     return t @ t.new_full(t.shape[-1:], weight)
 
@@ -98,26 +102,24 @@ def dense_hypernet(
     return DenseNN(context_dim, hidden, param_dims=param_dims, **kwargs)
 
 
+@contextmanager
+def one_input_made() -> Iterator[None]:
+    """Lets Pyro build a conditional MADE over one input without its warning.
+
+    Pyro warns that such a network (``ConditionalAutoRegressiveNN`` with ``input_dim = 1``)
+    should be an affine map instead; given a context it is one: its outputs see the context
+    only, so a conditional autoregressive layer of one variable is a map of :math:`x` whose
+    parameters come from the context, which is what a conditional density of one variable needs.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "ConditionalAutoRegressiveNN input_dim = 1")
+        yield
+
+
 def broadcast_context(x: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
     """Expands ``x`` of shape ``(*b1, D)`` and ``context`` of shape ``(*b2, C)`` to one batch shape."""
     batch = torch.broadcast_shapes(x.shape[:-1], context.shape[:-1])
     return x.expand(*batch, x.shape[-1]), context.expand(*batch, context.shape[-1])
-
-
-class Deferred:
-    """A log-determinant computed on first request, so that a sampling pass never pays for it.
-
-    ``_call_and_ladj``/``_inverse_and_ladj`` may return one in place of the tensor.
-    """
-
-    __slots__ = ("compute",)
-
-    def __init__(self, compute: Callable[[], Tensor]) -> None:
-        self.compute = compute
-
-
-def _resolve(ladj: Tensor | Deferred) -> Tensor:
-    return ladj.compute() if isinstance(ladj, Deferred) else ladj
 
 
 class FlowTransform(TransformModule):
@@ -133,6 +135,38 @@ class FlowTransform(TransformModule):
     same data tensor can be scored at every step (Pyro issue #2564), and ``t.inv`` is itself a
     module that exposes the parameters (Pyro issue #2543).
 
+    Implementing a flow (the contract suite's registry tests fail when a helper, an export or a
+    family misses its step):
+
+    1. **The layer**, in a module of its own in ``pyro_flows/transforms/`` (one per family):
+       subclass this class (``ShapedFlowTransform`` of ``_shaped.py`` for image events), set
+       ``domain``/``codomain``, and implement :meth:`_call_and_ladj` and
+       :meth:`_inverse_and_ladj`, both returning the *forward* log-determinant summed over
+       the event (a :class:`~pyro_flows.transforms.cache.Deferred` where only scoring needs
+       it), plus :meth:`_ladj` where the log-determinant alone is cheaper than a pass. Never
+       touch the cache: :meth:`_call`/:meth:`_inverse` keep the pass as a
+       :class:`~pyro_flows.transforms.cache.Pass`. Where no closed-form inverse exists,
+       solve to a stated tolerance and say how in the docstring.
+    2. **State**: parameters are ``nn.Parameter`` objects or submodules; arguments are checked with
+       ``pyro_flows._validation`` (TypeError for the wrong kind, ValueError for a bad value).
+    3. **The conditional variant** subclasses :class:`ConditionalFlowTransform` (or
+       :class:`HypernetConditional`): ``_condition(context)`` returns the layer above on the
+       context. It accepts ``input_dim = 1``: the layer's parameters then come from the
+       context alone.
+    4. **Helpers** ``name(input_dim, ..., hidden_dims=None, ...)`` and
+       ``conditional_name(input_dim, context_dim, ...)``, with their return types annotated.
+    5. **Exports**: the new names go in the module's sorted ``__all__`` only; the package
+       exports every module's list (a new module also joins ``_MODULES`` and the star
+       imports of ``pyro_flows/transforms/__init__.py``).
+    6. **Tests**: a case per helper in ``TRANSFORMS`` of ``tests/transforms/test_contract.py``
+       (the shared suite: round trips, log-det against autograd, shapes, SVI, persistence,
+       conditioning, dtypes); family-specific checks in ``tests/transforms/test_<family>.py``.
+    7. **The builder**: a :class:`~pyro_flows.flows.Family` in
+       :data:`~pyro_flows.flows.FAMILIES` (``min_dim``, ``invertible``, ``fast_direction``,
+       ...), named in :func:`~pyro_flows.flows.build`'s docstring list.
+    8. **Docs**: docstring with the equation, a doctest and references; measurements go to
+       ``docs/benchmarks.md``, leaving the code a one-line reason.
+
     Arguments:
         input_dim: The size :math:`D` of the event; inputs have shape ``(*batch, D)``.
         cache_size: 1 (default) to reuse the last ``(x, y)`` pair, 0 to never cache.
@@ -145,7 +179,7 @@ class FlowTransform(TransformModule):
     def __init__(self, input_dim: int, cache_size: int = 1) -> None:
         super().__init__(cache_size=cache_size)
         self.input_dim = check_positive_int(input_dim, "input_dim")
-        self._saved = None  # (x, y, ladj, state key) of the last pass
+        self._saved: Pass | None = None  # the last pass, see _remember
 
     # -- to be implemented by subclasses -------------------------------------------------------
     def _call_and_ladj(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -161,7 +195,7 @@ class FlowTransform(TransformModule):
 
     def _ladj(self, x: Tensor, y: Tensor) -> Tensor:
         """``log|det df/dx|`` for an (x, y) pair that is not cached; recomputes from ``x``."""
-        return _resolve(self._call_and_ladj(x)[1])
+        return resolve(self._call_and_ladj(x)[1])
 
     # -- Pyro/torch transform interface --------------------------------------------------------
     @property
@@ -172,64 +206,68 @@ class FlowTransform(TransformModule):
     def _call(self, x: Tensor) -> Tensor:
         check_last_dim(x, self.input_dim, "x")
         y, ladj = self._call_and_ladj(x)
-        # Straight into __dict__: nn.Module.__setattr__'s checks cost more than a small layer.
-        self.__dict__["_saved"] = (x, y, ladj, _state_key(self))
+        self._remember(x, y, ladj)
         return y
 
     def _inverse(self, y: Tensor) -> Tensor:
         check_last_dim(y, self.input_dim, "y")
         x, ladj = self._inverse_and_ladj(y)
-        self.__dict__["_saved"] = (x, y, ladj, _state_key(self))
+        self._remember(x, y, ladj)
         return x
 
-    def _hit(self, index: int, value: Tensor) -> bool:
+    def _remember(self, x: Tensor, y: Tensor, ladj: Tensor | Deferred) -> None:
+        """Keeps the pass ``y = f(x)`` as the cache (a subclass's ``_call`` calls it too)."""
+        # Straight into __dict__: nn.Module.__setattr__'s checks cost more than a small layer.
+        self.__dict__["_saved"] = Pass(x, y, ladj, state_of(self))
+
+    def _hit_x(self, x: Tensor) -> bool:
         # The last pass answers only for the very same tensor and unchanged parameters.
         saved = self._saved
-        return (
-            saved is not None
-            and saved[index] is value
-            and _cache_valid(saved[3], _state_key(self))
-        )
+        return saved is not None and saved.x is x and saved.state.serves(state_of(self))
+
+    def _hit_y(self, y: Tensor) -> bool:
+        saved = self._saved
+        return saved is not None and saved.y is y and saved.state.serves(state_of(self))
 
     def _saved_ladj(self) -> Tensor:
         # The log-det of the last pass, computed now if that pass deferred it.
         saved = self._saved
-        ladj = saved[2]
+        ladj = saved.ladj
         if isinstance(ladj, Deferred):
             ladj = ladj.compute()
-            if torch.is_grad_enabled() == saved[3][0]:  # keep only a value of the pass's mode
-                self.__dict__["_saved"] = (saved[0], saved[1], ladj, saved[3])
+            if torch.is_grad_enabled() == saved.state.grad_enabled:  # keep a value of its mode
+                self.__dict__["_saved"] = Pass(saved.x, saved.y, ladj, saved.state)
         return ladj
 
     def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
         r"""Returns :math:`\log|\det \partial y/\partial x|`, shape ``x.shape[:-1]``."""
         saved = self._saved
-        if saved is not None and saved[1] is y and self._hit(0, x):
+        if saved is not None and saved.y is y and self._hit_x(x):
             return self._saved_ladj()
         return self._ladj(x, y)
 
     def __call__(self, x: Tensor) -> Tensor:
         """Computes ``y = f(x)``, answering from the cache when ``x`` is the last input."""
-        if self._cache_size == 1 and self._hit(0, x):
-            return self._saved[1]
+        if self._cache_size == 1 and self._hit_x(x):
+            return self._saved.y
         return self._call(x)
 
     def _inv_call(self, y: Tensor) -> Tensor:
-        if self._cache_size == 1 and self._hit(1, y):
-            return self._saved[0]
+        if self._cache_size == 1 and self._hit_y(y):
+            return self._saved.x
         return self._inverse(y)
 
     def call_and_ladj(self, x: Tensor) -> tuple[Tensor, Tensor]:
         r"""Returns ``y = f(x)`` and :math:`\log|\det \partial y/\partial x|` from one pass."""
-        if not (self._cache_size == 1 and self._hit(0, x)):
+        if not (self._cache_size == 1 and self._hit_x(x)):
             self._call(x)  # a fresh pass is valid by construction: no second cache check
-        return self._saved[1], self._saved_ladj()
+        return self._saved.y, self._saved_ladj()
 
     def inverse_and_ladj(self, y: Tensor) -> tuple[Tensor, Tensor]:
         r"""Returns ``x = f^{-1}(y)`` and the forward :math:`\log|\det J|` at ``x``, one pass."""
-        if not (self._cache_size == 1 and self._hit(1, y)):
+        if not (self._cache_size == 1 and self._hit_y(y)):
             self._inverse(y)
-        return self._saved[0], self._saved_ladj()
+        return self._saved.x, self._saved_ladj()
 
     def clear_cache(self) -> None:
         """Forgets the last pass (never needed for correctness; frees its tensors)."""
@@ -460,8 +498,8 @@ class ConditionalCompose(ConditionalTransformModule, torch.nn.ModuleList):
 
 # -- chain passes that write no per-layer cache ---------------------------------------------------
 # NormalizingFlow's log_prob/rsample hold one cache for the whole chain instead: per-layer caches
-# kept every intermediate tensor alive between calls, which cost about 5% of a 5-layer IAF
-# sampling pass at N=10 000 (and memory), and answered nothing a chain cache cannot.
+# kept every intermediate tensor alive between calls (time and memory, docs/benchmarks.md), and
+# answered nothing a chain cache cannot.
 
 
 def _negated(ladj: Tensor | Deferred) -> Tensor | Deferred:
@@ -507,13 +545,13 @@ def uncached_inverse(
     Returns None for a transform not built from pyro_flows' transforms.
     """
     if isinstance(transform, FlowTransform):
-        if transform._cache_size == 1 and transform._hit(1, y):
-            return transform._saved[0], transform._saved_ladj()
+        if transform._cache_size == 1 and transform._hit_y(y):
+            return transform._saved.x, transform._saved_ladj()
         x, ladj = transform._inverse_and_ladj(y)
-        return x, _resolve(ladj)
+        return x, resolve(ladj)
     if isinstance(transform, InverseFlowTransform):
         x, ladj = transform.base._call_and_ladj(y)
-        return x, -_resolve(ladj)
+        return x, -resolve(ladj)
     if isinstance(transform, Compose):
         total: Tensor | int = 0
         for part in reversed(transform.parts):

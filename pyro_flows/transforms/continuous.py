@@ -8,11 +8,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._validation import check_choice, check_hidden_dims, check_positive_int
+from .._validation import (
+    check_choice,
+    check_hidden_dims,
+    check_positive_float,
+    check_positive_int,
+)
 from ..nn.divergence import NOISES, divergence_and_frobenius, hutchinson_noise
 from ..nn.fields import VectorField
 from ..nn.regularization import kinetic_energy
-from ._ode import NFECounter, ODESolver, _positive
+from ._ode import NFECounter, ODESolver
 from .base import ConditionalFlowTransform, FlowTransform, broadcast_context
 
 __all__ = [
@@ -187,7 +192,7 @@ class FFJORD(FlowTransform):
         if not isinstance(field, nn.Module):
             raise TypeError(f"field must be a torch.nn.Module, got {type(field).__name__}")
         self.field = field
-        self.end_time = _positive(end_time, "end_time")
+        self.end_time = check_positive_float(end_time, "end_time")
         self.trace = check_choice(trace, TRACE_ESTIMATORS, "trace")
         self.noise = check_choice(noise, NOISES, "noise")
         self.exact_dim = check_positive_int(exact_dim, "exact_dim", minimum=0)

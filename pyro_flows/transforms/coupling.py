@@ -9,48 +9,43 @@ from torch import Tensor, nn
 
 from .._validation import check_choice, check_hidden_dims, check_positive_int
 from ..nn.dense import ConditionalDenseNN, DenseNN, default_hidden_dims
-from .base import ConditionalFlowTransform, Deferred, FlowTransform, broadcast_context
+from .base import (
+    ConditionalFlowTransform,
+    FlowTransform,
+    bounded_log_scale,
+    broadcast_context,
+    check_log_scale_bound,
+)
+from .cache import Deferred
 
 __all__ = [
     "AffineCoupling",
     "ConditionalAffineCoupling",
     "affine_coupling",
-    "bounded_log_scale",
     "conditional_affine_coupling",
     "coupling_mask",
 ]
 
 
-def bounded_log_scale(raw: Tensor, bound: float | None) -> Tensor:
-    r"""Maps a raw network output to a log-scale in :math:`(-b, b)`: :math:`s = b \tanh(r / b)`.
-
-    Smooth (gradients never vanish abruptly as with a hard clamp) and the identity near 0, so
-    a zero-initialised network starts at the identity map. ``bound=None`` leaves ``raw`` as is.
-    """
-    if bound is None:
-        return raw
-    return bound * torch.tanh(raw / bound)
-
-
-def _check_bound(bound: float | None) -> float | None:
-    if bound is not None and not (isinstance(bound, (int, float)) and bound > 0):
-        raise ValueError(f"log_scale_bound must be a positive number or None, got {bound!r}")
-    return bound
-
-
 def coupling_mask(
-    input_dim: int, mask: str | Sequence[bool] | Tensor = "half", flip: bool = False
+    input_dim: int,
+    mask: str | Sequence[bool] | Tensor = "half",
+    flip: bool = False,
+    conditional: bool = False,
 ) -> Tensor:
     r"""Returns a boolean mask of length ``input_dim``; True marks the features left unchanged.
 
     Arguments:
-        input_dim: The event size :math:`D \ge 2`.
+        input_dim: The event size :math:`D \ge 2` (:math:`D \ge 1` when ``conditional``).
         mask: ``"half"`` (the first :math:`\lfloor D/2 \rfloor` features condition the rest),
             ``"alternate"`` (even-indexed features condition the odd ones), or a custom boolean
             sequence with at least one True and one False.
         flip: Swap the roles of the two groups.
+        conditional: The layer also sees a context, so it may transform every feature (a mask
+            of all False), its shift and log-scale then coming from the context alone: the
+            ``"half"`` mask of :math:`D = 1`.
     """
-    check_positive_int(input_dim, "input_dim", minimum=2)
+    check_positive_int(input_dim, "input_dim", minimum=1 if conditional else 2)
     if isinstance(mask, str):
         check_choice(mask, ("half", "alternate"), "mask")
         idx = torch.arange(input_dim)
@@ -64,8 +59,10 @@ def coupling_mask(
             )
     if flip:
         m = ~m
-    if m.all() or not m.any():
+    if not conditional and (m.all() or not m.any()):
         raise ValueError("mask must leave at least one feature unchanged and transform another")
+    if m.all():
+        raise ValueError("mask must transform at least one feature (mark it False)")
     return m
 
 
@@ -82,8 +79,9 @@ class AffineCoupling(FlowTransform):
     network pass.
 
     Arguments:
-        input_dim: The event size :math:`D \ge 2`.
-        mask: A boolean tensor of shape ``(D,)``; True marks :math:`x_A`.
+        input_dim: The event size :math:`D \ge 2` (:math:`D \ge 1` with a context).
+        mask: A boolean tensor of shape ``(D,)``; True marks :math:`x_A` (with a context,
+            :math:`x_A` may be empty).
         conditioner: A module mapping :math:`x_A` (and the context, when ``context`` is given)
             to the pair :math:`(t, \tilde s)`, each of size :math:`|B|`.
         log_scale_bound: The bound :math:`b` of the log-scale, or None for no bound.
@@ -111,9 +109,9 @@ class AffineCoupling(FlowTransform):
         cache_size: int = 1,
     ) -> None:
         super().__init__(input_dim, cache_size=cache_size)
-        mask = coupling_mask(input_dim, mask)
+        mask = coupling_mask(input_dim, mask, conditional=context is not None)
         self.conditioner = conditioner
-        self.log_scale_bound = _check_bound(log_scale_bound)
+        self.log_scale_bound = check_log_scale_bound(log_scale_bound)
         self.context = context
         idx = torch.arange(input_dim)
         self.register_buffer("mask", mask)
@@ -155,9 +153,11 @@ class ConditionalAffineCoupling(ConditionalFlowTransform):
     .. math:: y_A = x_A, \qquad y_B = x_B \odot e^{s(x_A, c)} + t(x_A, c)
 
     ``.condition(c)`` returns an :class:`AffineCoupling` sharing this module's parameters.
+    A mask may transform every feature (:math:`A` empty): the layer is then the affine map
+    :math:`y = x \odot e^{s(c)} + t(c)`, as the default mask makes it for :math:`D = 1`.
 
     Arguments:
-        input_dim: The event size :math:`D \ge 2`.
+        input_dim: The event size :math:`D \ge 1`.
         context_dim: The context size :math:`C`.
         mask: A boolean tensor of shape ``(D,)``; True marks the unchanged features.
         conditioner: A module mapping ``(x_A, context)`` to :math:`(t, \tilde s)`.
@@ -182,9 +182,9 @@ class ConditionalAffineCoupling(ConditionalFlowTransform):
         log_scale_bound: float | None = 5.0,
     ) -> None:
         super().__init__(input_dim, context_dim)
-        self.register_buffer("mask", coupling_mask(input_dim, mask))
+        self.register_buffer("mask", coupling_mask(input_dim, mask, conditional=True))
         self.conditioner = conditioner
-        self.log_scale_bound = _check_bound(log_scale_bound)
+        self.log_scale_bound = check_log_scale_bound(log_scale_bound)
 
     def _condition(self, context: Tensor) -> AffineCoupling:
         return AffineCoupling(
@@ -239,7 +239,8 @@ def conditional_affine_coupling(
     r"""Builds a :class:`ConditionalAffineCoupling` (conditioner :class:`pyro_flows.nn.ConditionalDenseNN`).
 
     Arguments:
-        input_dim: The event size :math:`D \ge 2`.
+        input_dim: The event size :math:`D \ge 1` (for :math:`D = 1` the ``"half"`` mask
+            transforms the one feature, from the context alone).
         context_dim: The context size :math:`C`.
         hidden_dims: Hidden layer sizes (default ``default_hidden_dims(D, C)``).
         mask: ``"half"``, ``"alternate"`` or a custom boolean mask.
@@ -247,7 +248,7 @@ def conditional_affine_coupling(
         log_scale_bound: The bound of the log-scale, or None.
         residual: Residual hidden layers (all of one width): :math:`h \leftarrow h + W f(h) + b`.
     """
-    m = coupling_mask(input_dim, mask, flip)
+    m = coupling_mask(input_dim, mask, flip, conditional=True)
     check_positive_int(context_dim, "context_dim")
     hidden = check_hidden_dims(hidden_dims or default_hidden_dims(input_dim, context_dim))
     n_a = int(m.sum())

@@ -13,7 +13,7 @@ from torch.distributions.utils import _sum_rightmost
 
 from .._validation import check_choice, check_positive_int
 from ..nn.made import widen_hidden_dims
-from .base import ConditionalFlowTransform, FlowTransform, broadcast_context
+from .base import ConditionalFlowTransform, FlowTransform, broadcast_context, one_input_made
 
 __all__ = [
     "ConditionalPyroTransform",
@@ -181,10 +181,16 @@ def _spline_network(
     param_dims = [count_bins, count_bins, count_bins - 1]
     if order == "linear":
         param_dims.append(count_bins)
+    # Pyro's MADE orders its inputs at random unless told: the natural order here, so that the
+    # builder's reverse permutations alternate the order from layer to layer as in MAF.
+    natural = torch.arange(input_dim)
     if context_dim is None:
-        net = AutoRegressiveNN(input_dim, hidden, param_dims=param_dims)
+        net = AutoRegressiveNN(input_dim, hidden, param_dims=param_dims, permutation=natural)
     else:
-        net = ConditionalAutoRegressiveNN(input_dim, context_dim, hidden, param_dims=param_dims)
+        with one_input_made():
+            net = ConditionalAutoRegressiveNN(
+                input_dim, context_dim, hidden, param_dims=param_dims, permutation=natural
+            )
     if identity_init:
         _spline_identity_start(net, input_dim, count_bins)
     return net
@@ -197,8 +203,8 @@ def _spline_identity_start(net: nn.Module, input_dim: int, count_bins: int) -> N
     are set to :math:`\operatorname{softplus}^{-1}(1 - 10^{-3})`, so every inner knot's slope
     is 1 (Pyro adds a minimum slope of :math:`10^{-3}`, and pins the two end knots at 0.999);
     the linear-rational spline's :math:`\lambda = 1/2` then also gives a near-straight line
-    (within 2e-4 of the identity on the interval). Random splines compound over layers: in
-    10-D this start lowered the KL of a 5-layer NSF from 0.48 to 0.37 nats.
+    (within 2e-4 of the identity on the interval). Random splines compound over layers, so
+    this start trains to a lower KL (docs/benchmarks.md, one column and NSF starts).
     """
     last = net.layers[-1]
     k = count_bins
@@ -221,9 +227,8 @@ def elementwise_spline(
     :math:`g_{\theta_i}` is a monotonic rational spline on :math:`[-B, B]` (the identity
     outside) with its own parameters per coordinate: the flexible flow of one variable, or of
     independent ones. Pyro's :func:`~pyro.distributions.transforms.spline` starts at a random
-    spline; stacked and trained briefly, such a start left a one-column fit with 13-16% of its
-    samples beyond the data's range (Gamma, log-normal, a two-mode mixture; test NLL 0.4-1.0
-    nats worse than this start, docs/benchmarks.md).
+    spline, which left one-column fits with many samples beyond the data's range and a worse
+    test likelihood than this start (docs/benchmarks.md, one column).
 
     Arguments:
         input_dim: The event size :math:`D`.
@@ -317,14 +322,15 @@ def conditional_masked_spline_autoregressive(
     """The conditional :func:`masked_spline_autoregressive`: the spline also sees a context.
 
     Wraps Pyro's :func:`~pyro.distributions.transforms.conditional_spline_autoregressive`
-    backwards; ``.condition(c)`` gives a layer that scores data in one pass.
+    backwards; ``.condition(c)`` gives a layer that scores data in one pass. ``input_dim`` may
+    be 1: the spline of the one variable then takes its knots from the context alone.
 
     Example:
         >>> t = conditional_masked_spline_autoregressive(3, 2, hidden_dims=[16])
         >>> t.condition(torch.randn(2)).inv(torch.randn(5, 3)).shape
         torch.Size([5, 3])
     """
-    check_positive_int(input_dim, "input_dim", minimum=2)
+    check_positive_int(input_dim, "input_dim")
     check_positive_int(context_dim, "context_dim")
     net = _spline_network(input_dim, context_dim, hidden_dims, count_bins, order, identity_init)
     layer = pyro_transforms.ConditionalSplineAutoregressive(

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from .._validation import check_hidden_dims, check_positive_int
 from ._shaped import ShapedFlowTransform, check_event_shape
-from .coupling import _check_bound, bounded_log_scale
+from .base import bounded_log_scale, check_log_scale_bound
 
 __all__ = [
     "ConditionalImageAffineCoupling",
@@ -87,7 +87,7 @@ class ImageAffineCoupling(ShapedFlowTransform):
         if not isinstance(net, nn.Module):
             raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
         self.net = net
-        self.log_scale_bound = _check_bound(log_scale_bound)
+        self.log_scale_bound = check_log_scale_bound(log_scale_bound)
         self.context = context
         self.split = self.channels // 2
 
@@ -159,7 +159,7 @@ class ConditionalImageAffineCoupling(ConditionalTransformModule):
         self.event_shape = _check_image(event_shape)
         self.context_channels = check_positive_int(context_channels, "context_channels")
         self.net = net
-        self.log_scale_bound = _check_bound(log_scale_bound)
+        self.log_scale_bound = check_log_scale_bound(log_scale_bound)
 
     def condition(self, context: Tensor) -> ImageAffineCoupling:
         """Returns the coupling for a context image of shape ``(*batch, C_c, H, W)``."""

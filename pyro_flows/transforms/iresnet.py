@@ -15,7 +15,8 @@ from torch.distributions import constraints
 
 from .._validation import check_choice, check_hidden_dims, check_last_dim, check_positive_int
 from ..nn.lipschitz import Linearization, LipschitzConvNet, LipschitzMLP, LipschitzNetwork
-from .base import ConditionalFlowTransform, Deferred, FlowTransform, _state_key
+from .base import ConditionalFlowTransform, FlowTransform
+from .cache import Deferred
 
 __all__ = [
     "LOGDET_ESTIMATORS",
@@ -353,13 +354,13 @@ class _ResidualBlock(FlowTransform):
     def _call(self, x: Tensor) -> Tensor:
         self._check(x, "x")
         y, ladj = self._call_and_ladj(x)
-        self._saved = (x, y, ladj, _state_key(self))
+        self._remember(x, y, ladj)
         return y
 
     def _inverse(self, y: Tensor) -> Tensor:
         self._check(y, "y")
         x, ladj = self._inverse_and_ladj(y)
-        self._saved = (x, y, ladj, _state_key(self))
+        self._remember(x, y, ladj)
         return x
 
     def extra_repr(self) -> str:  # noqa: D102

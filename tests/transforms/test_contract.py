@@ -10,10 +10,12 @@ suite sweeps D. Outputs may have another event shape (``t.forward_shape``, e.g. 
 
 import inspect
 import io
+import sys
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import pyro
 import pyro.distributions as dist
@@ -94,13 +96,14 @@ TRANSFORMS = {
     ),
     "permutation": Case(T.permutation, min_dim=1),
     "reverse": Case(T.reverse),
+    # conditional layers accept D = 1: an affine map (or spline) whose parameters see c only
     "conditional_affine_coupling": Case(
-        lambda d: T.conditional_affine_coupling(d, CONTEXT_DIM, hidden_dims=[24]), min_dim=2
+        lambda d: T.conditional_affine_coupling(d, CONTEXT_DIM, hidden_dims=[24])
     ),
-    "conditional_maf": Case(lambda d: T.conditional_maf(d, CONTEXT_DIM, hidden_dims=[24]), 2),
-    "conditional_iaf": Case(lambda d: T.conditional_iaf(d, CONTEXT_DIM, hidden_dims=[24]), 2),
+    "conditional_maf": Case(lambda d: T.conditional_maf(d, CONTEXT_DIM, hidden_dims=[24])),
+    "conditional_iaf": Case(lambda d: T.conditional_iaf(d, CONTEXT_DIM, hidden_dims=[24])),
     "conditional_iaf_residual": Case(
-        lambda d: T.conditional_iaf(d, CONTEXT_DIM, hidden_dims=[24, 24], residual=True), 2
+        lambda d: T.conditional_iaf(d, CONTEXT_DIM, hidden_dims=[24, 24], residual=True)
     ),
     # stacks built by name, including Pyro's families behind the same door
     # Stacked MAFs sample by a D-pass recursion; with random parameters three layers scale a
@@ -108,7 +111,10 @@ TRANSFORMS = {
     # is checked up to 5-D (single layers, above, up to 16-D).
     "build_maf": Case(lambda d: build("maf", d, 3, hidden_dims=[24]), min_dim=2, max_dim=5),
     "build_conditional_realnvp": Case(
-        lambda d: build("realnvp", d, 2, context_dim=CONTEXT_DIM, hidden_dims=[24]), min_dim=2
+        lambda d: build("realnvp", d, 2, context_dim=CONTEXT_DIM, hidden_dims=[24])
+    ),
+    "build_conditional_maf": Case(
+        lambda d: build("maf", d, 3, context_dim=CONTEXT_DIM, hidden_dims=[24]), max_dim=5
     ),
     "build_planar": Case(lambda d: build("planar", d, 3)),
     "build_conditional_radial": Case(lambda d: build("radial", d, 2, context_dim=CONTEXT_DIM)),
@@ -123,31 +129,29 @@ TRANSFORMS = {
         lambda d: build("spline_autoregressive", d, 2), min_dim=2, **PYRO_SPLINE
     ),
     "build_conditional_spline_autoregressive": Case(
-        lambda d: build("spline_autoregressive", d, 2, context_dim=CONTEXT_DIM),
-        min_dim=2,
-        **PYRO_SPLINE,
+        lambda d: build("spline_autoregressive", d, 2, context_dim=CONTEXT_DIM), **PYRO_SPLINE
     ),
     "masked_spline_autoregressive": Case(
         lambda d: T.masked_spline_autoregressive(d, hidden_dims=[24]), min_dim=2, **PYRO_SPLINE
     ),
     "conditional_masked_spline_autoregressive": Case(
         lambda d: T.conditional_masked_spline_autoregressive(d, CONTEXT_DIM, hidden_dims=[24]),
-        min_dim=2,
         **PYRO_SPLINE,
     ),
     "build_nsf": Case(lambda d: build("nsf", d, 2), min_dim=2, **PYRO_SPLINE),
     "build_conditional_nsf": Case(
-        lambda d: build("nsf", d, 2, context_dim=CONTEXT_DIM), min_dim=2, **PYRO_SPLINE
+        lambda d: build("nsf", d, 2, context_dim=CONTEXT_DIM), **PYRO_SPLINE
     ),
     "build_nsf_quadratic": Case(
         lambda d: build("nsf", d, 2, order="quadratic"), min_dim=2, **PYRO_SPLINE
     ),
     "build_conditional_nsf_quadratic": Case(
-        lambda d: build("nsf", d, 2, context_dim=CONTEXT_DIM, order="quadratic"),
-        min_dim=2,
-        **PYRO_SPLINE,
+        lambda d: build("nsf", d, 2, context_dim=CONTEXT_DIM, order="quadratic"), **PYRO_SPLINE
     ),
     "build_naf": Case(lambda d: build("naf", d, 2), min_dim=2, invertible=False, **PYRO),
+    "build_conditional_naf": Case(
+        lambda d: build("naf", d, 2, context_dim=CONTEXT_DIM), invertible=False, **PYRO
+    ),
     "build_bnaf": Case(lambda d: build("bnaf", d, 2), min_dim=2, invertible=False, **PYRO),
     # residual flows: fixed-point inverse to ~1e-13; the exact log-det (the suite's reference)
     "iresnet": Case(lambda d: T.iresnet(d, hidden_dims=[16], estimator="exact")),
@@ -587,6 +591,17 @@ def test_registry_covers_every_family():
     assert not missing, f"FAMILIES without a contract case in TRANSFORMS: {missing}"
 
 
+def test_exports_are_each_modules_list_once_and_sorted():
+    lists = {m: sys.modules[f"pyro_flows.transforms.{m}"].__all__ for m in T._MODULES}
+    names = [n for names in lists.values() for n in names]
+    assert len(names) == len(set(names)), "a name is exported by two modules"
+    assert T.__all__ == sorted(names)
+    assert all(hasattr(T, n) and not inspect.ismodule(getattr(T, n)) for n in T.__all__)
+    package = Path(T.__file__).parent
+    public = {p.stem for p in package.glob("*.py") if not p.stem.startswith("_")}
+    assert public == set(lists), "a public module of pyro_flows.transforms is not exported"
+
+
 # -- 12. train and eval modes give the same map -------------------------------------------------
 # Layers with a stochastic log-det estimate in train mode (i-ResNet's Hutchinson/Russian-roulette
 # estimators) are registered with estimator="exact", so every case must agree across modes.
@@ -612,3 +627,45 @@ def test_train_and_eval_give_the_same_map(name):
     assert (ladj_tr - ladj_ev).abs().max() < tol
     if TRANSFORMS[name].invertible:
         assert (x0_tr - x0_ev).abs().max() < TRANSFORMS[name].atol
+
+
+# -- 13. conditional layers of one variable -----------------------------------------------------
+@pytest.mark.parametrize("name", sorted(k for k, f in FAMILIES.items() if f.make_conditional))
+def test_every_conditional_family_accepts_one_variable(name):
+    family = FAMILIES[name]
+    assert family.smallest_dim(context_dim=CONTEXT_DIM) == family.conditional_min_dim == 1
+    torch.manual_seed(0)
+    flow = build(name, 1, 2, context_dim=CONTEXT_DIM).to(torch.float64)
+    contexts = context_for((6,))
+    x = data((6,), 1)
+    y = flow.condition(contexts)(x)
+    assert y.shape == (6, 1) and torch.isfinite(y).all()
+    if family.min_dim > 1:
+        with pytest.raises(ValueError, match="input_dim must be an integer >= 2"):
+            build(name, 1, 2)
+
+
+@pytest.mark.parametrize(
+    "name", ["conditional_maf", "conditional_iaf", "conditional_affine_coupling"]
+)
+def test_conditional_affine_layer_of_one_variable(name):
+    # y = a(c) x + b(c): the scale and shift come from the context alone
+    module = make_module(name, 1)
+    contexts = context_for((6,))
+    t = module.condition(contexts)
+    x = data((6,), 1)
+    y = t(x)
+    shift = t(torch.zeros_like(x))
+    scale = t.log_abs_det_jacobian(x, y).exp()
+    assert torch.allclose(y, scale[:, None] * x + shift, rtol=0, atol=1e-12)
+    other = t.log_abs_det_jacobian(x + 1.0, t(x + 1.0))
+    assert torch.allclose(other.exp(), scale, rtol=0, atol=1e-12)  # the scale ignores x
+    assert scale.std() > 1e-3 and shift.std() > 1e-3  # ...but not the context
+
+
+def test_a_conditional_coupling_mask_must_transform_a_feature():
+    assert not T.coupling_mask(1, conditional=True).any()
+    with pytest.raises(ValueError, match="mask must transform at least one feature"):
+        T.conditional_affine_coupling(1, CONTEXT_DIM, flip=True)
+    with pytest.raises(ValueError, match="mask must leave at least one feature unchanged"):
+        T.affine_coupling(2, mask=[False, False])
