@@ -34,3 +34,24 @@ def test_splines_start_at_the_identity(order, conditional):
     torch.manual_seed(0)
     random = T.masked_spline_autoregressive(4, hidden_dims=[16], order=order, identity_init=False)
     assert (random.double()(x) - x).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("conditional", [False, True])
+def test_masked_spline_layer_is_autoregressive_in_the_natural_order(conditional):
+    # Pyro's MADE draws a random input order unless given one; the builder's reverse
+    # permutations only alternate the order between layers if each layer keeps the natural one.
+    torch.manual_seed(0)
+    dim = 6
+    if conditional:
+        layer = T.conditional_masked_spline_autoregressive(dim, 2, hidden_dims=[24])
+    else:
+        layer = T.masked_spline_autoregressive(dim, hidden_dims=[24])
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.3 * torch.randn_like(p))  # away from the identity start
+    if conditional:
+        layer = layer.condition(torch.randn(2))
+    x = torch.randn(dim)
+    jac = torch.autograd.functional.jacobian(lambda v: layer.inv(v), x)
+    assert jac.abs().triu(1).max() < 1e-6  # z_i depends on x_1..x_i only
+    assert jac.abs().tril(-1).max() > 1e-3  # and does depend on earlier coordinates
