@@ -16,7 +16,7 @@ from torch.distributions import biject_to
 from torch.distributions.transforms import Transform
 
 from .._validation import as_rows, check_hidden_dims, check_positive_int
-from ..density import ModelFileError, _atomic_write
+from ..density import ModelFileError, _atomic_write, _digest
 
 __all__ = ["PosteriorEstimator", "mlp_embedding"]
 
@@ -293,8 +293,8 @@ class PosteriorEstimator:
         """Writes the fitted estimator to ``path`` atomically (a ``torch.save`` file).
 
         The file holds the network's parameters and buffers (the standardisations among them)
-        and, as JSON, the settings, the sizes, the training history and the prior's
-        description. The prior itself is not saved: :meth:`load` takes it again.
+        and, as JSON, the settings, the sizes and the prior's description, all covered by a
+        SHA-256 checksum. The prior itself is not saved: :meth:`load` takes it again.
         """
         self._check_fitted()
         meta = {
@@ -306,11 +306,13 @@ class PosteriorEstimator:
             "num_simulations": self.num_simulations_,
         }
         state = {k: v.detach().cpu().clone() for k, v in self.model_.state_dict().items()}
+        meta_text = json.dumps(meta)
         payload = {
             "format": self._FORMAT,
             "format_version": 1,
-            "meta": json.dumps(meta),
+            "meta": meta_text,
             "state_dict": state,
+            "sha256": _digest(meta_text, state),
         }
         _atomic_write(path, lambda f: torch.save(payload, f))
 
@@ -338,7 +340,14 @@ class PosteriorEstimator:
             raise ModelFileError(f"{path}: not a pyro_flows file ({type(e).__name__})") from None
         if not isinstance(payload, dict) or payload.get("format") != cls._FORMAT:
             raise ModelFileError(f"{path}: not a file written by {cls.__name__}.save")
-        meta = json.loads(payload["meta"])
+        meta_text, state = payload.get("meta"), payload.get("state_dict")
+        if (
+            not isinstance(meta_text, str)
+            or not isinstance(state, dict)
+            or payload.get("sha256") != _digest(meta_text, state)
+        ):
+            raise ModelFileError(f"{path}: corrupt file: its checksum does not match its contents")
+        meta = json.loads(meta_text)
         if meta["prior"] != repr(prior.support):
             raise ValueError(
                 f"prior has support {prior.support}, but the file was fitted with a prior on "
@@ -357,7 +366,7 @@ class PosteriorEstimator:
             raise ValueError(f"prior has D = {est.theta_dim}, the file {meta['theta_dim']}")
         est.x_dim_ = meta["x_dim"]
         est.model_ = est._build(meta["x_dim"]).to(est._dtype())
-        est.model_.load_state_dict(payload["state_dict"])
+        est.model_.load_state_dict(state)
         est.model_.eval()
         est.num_simulations_ = meta["num_simulations"]
         return est

@@ -371,7 +371,7 @@ def c2st(
         ImportError: Without scikit-learn (an optional dependency).
 
     Example:
-        >>> a, b = torch.randn(500, 2), torch.randn(500, 2)
+        >>> a, b = torch.randn(300, 2), torch.randn(300, 2)
         >>> abs(c2st(a, b) - 0.5) < 0.1
         True
         >>> c2st(a, b + 3.0) > 0.95

@@ -5,7 +5,8 @@ import torch
 from sbi_gaussian import PRIOR, exact_posterior, simulate_pairs
 from torch import nn
 
-from pyro_flows.sbi import NPE, ModelPrior, ModelSimulator, simulate
+from pyro_flows.density import ModelFileError
+from pyro_flows.sbi import FMPE, NPE, ModelPrior, ModelSimulator, simulate
 
 X_OBS = torch.tensor([[0.5, -1.0], [1.5, 0.5]])
 #: Tolerances after the short fit below: the posterior mean within 0.12 (0.3 posterior sd,
@@ -106,6 +107,14 @@ def test_save_load_default_embedding(tmp_path):
     npe.save(tmp_path / "m.pt")
     loaded = NPE.load(tmp_path / "m.pt", PRIOR)
     assert torch.equal(loaded.log_prob(theta[:5], x[:5]), npe.log_prob(theta[:5], x[:5]))
+    payload = torch.load(tmp_path / "m.pt", weights_only=True)
+    key = next(iter(payload["state_dict"]))
+    payload["state_dict"][key] = payload["state_dict"][key] + 1.0  # a corrupt file
+    torch.save(payload, tmp_path / "bad.pt")
+    with pytest.raises(ModelFileError, match="checksum"):
+        NPE.load(tmp_path / "bad.pt", PRIOR)
+    with pytest.raises(ModelFileError, match="not a file written by FMPE.save"):
+        FMPE.load(tmp_path / "m.pt", PRIOR)
 
 
 def test_bad_input_is_refused_with_a_clear_message():
