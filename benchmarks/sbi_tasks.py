@@ -26,6 +26,7 @@ NPE (MAF, same budget) is run too; otherwise its column is skipped with a messag
 
     python benchmarks/sbi_tasks.py                                   # 4 tasks, 10^3, 3 obs
     python benchmarks/sbi_tasks.py --tasks gaussian_linear,two_moons --budgets 1000,10000
+    python benchmarks/sbi_tasks.py --methods NPE --sbc 200     # with SBC of each fit
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ import pyro.distributions as dist
 import torch
 from pyro.infer import MCMC, NUTS
 
-from pyro_flows.sbi import FMPE, NPE, ModelPrior, ModelSimulator, c2st, simulate
+from pyro_flows.sbi import FMPE, NPE, ModelPrior, ModelSimulator, c2st, sbc, simulate
 
 CACHE = Path.home() / ".cache" / "pyro_flows" / "sbi_reference"
 
@@ -226,6 +227,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-posterior", type=int, default=1000, help="draws for C2ST")
     parser.add_argument("--num-steps", type=int, default=5000, help="most Adam steps per fit")
     parser.add_argument("--methods", default="NPE,FMPE")
+    parser.add_argument(
+        "--sbc", type=int, default=0, help="also run SBC on this many fresh pairs (0: skip)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
@@ -257,6 +261,13 @@ def main(args: argparse.Namespace) -> list[dict]:
                 for i, ref in enumerate(refs):
                     draws = est.sample(args.num_posterior, x_o[i])
                     scores.append(c2st(ref, draws))
+                sbc_note = ""
+                if args.sbc:
+                    torch.manual_seed(args.seed + 1)
+                    th_t, x_t = simulate(ModelSimulator(prior), prior, args.sbc, progress=False)
+                    res = sbc(est, th_t, x_t, num_posterior_samples=100)
+                    p_min = float(min(res.chi2_pvalues.min(), res.ks_pvalues.min()))
+                    sbc_note = f" SBC {'passed' if res.passed() else 'failed'} (min p {p_min:.3f})"
                 row = {
                     "task": name,
                     "budget": budget,
@@ -270,7 +281,7 @@ def main(args: argparse.Namespace) -> list[dict]:
                 print(
                     f"| {name} | {budget} | {method} | {row['c2st']:.3f} "
                     f"({', '.join(f'{s:.2f}' for s in scores)}) | {seconds:.0f} s "
-                    f"({row['steps']} steps) |",
+                    f"({row['steps']} steps) |{sbc_note}",
                     flush=True,
                 )
     return rows
