@@ -650,10 +650,10 @@ class DensityEstimator:
         if self.num_layers == 0:
             return self._build_base_only(input_dim, context_dim, mean, scale, dtype)
         family = FAMILIES[name]
-        if input_dim < family.min_dim:
+        if input_dim < (least := family.smallest_dim(context_dim)):
             raise ValueError(
-                f"flow={self.flow!r} needs at least {family.min_dim} columns, got {input_dim}; "
-                "for one column use flow='spline' (or 'planar', 'radial')"
+                f"flow={self.flow!r} needs at least {least} columns, got {input_dim}; "
+                "for one column use flow='spline' (or 'planar', 'radial'), or give a context"
             )
         if context_dim is not None and family.make_conditional is None:
             conditional = sorted(
@@ -1157,6 +1157,54 @@ class DensityEstimator:
             raise RuntimeError(
                 f"this {type(self).__name__} is not fitted yet: call fit(X) or load(path) first"
             )
+
+    def summary(self) -> str:
+        """Says what ``fit`` did, in three lines: the model, the dequantised columns, the rows.
+
+        The model line names what ``flow="auto"`` kept and the validation NLL of each
+        finalist; the second line names the columns found on a grid and their widths.
+
+        Example:
+            >>> rng = np.random.default_rng(0)
+            >>> X = np.c_[rng.normal(size=200), rng.integers(0, 50, 200)]
+            >>> est = DensityEstimator(num_steps=20, seed=0).fit(X)
+            >>> print(est.summary().splitlines()[1])
+            dequantized: 1 column on a grid, with uniform noise across each cell: 1 (width 1)
+        """
+        self._check_fitted()
+        sel = self.selection_
+        if sel is None:
+            layers = f"{self.num_layers} layer(s) of {self.flow}"
+            model = f"model: {layers}" if self.num_layers else "model: the base alone"
+            if self.base == "gmm":
+                model += f", on a mixture of {self.base_components} Gaussians"
+        else:
+            k = sel["params"].get("base_components")
+            what = {
+                "mixture": f"a stacked mixture of {k} Gaussians",
+                "flow on mixture": f"a {sel['params']['flow']} flow on a mixture of {k} "
+                "Gaussians",
+                "flow": f"a {sel['params']['flow']} flow on a normal base",
+            }[sel["chosen"]]
+            scores = ", ".join(
+                f"{name} {sel['candidates'][name]:.4g}"
+                for name in ("mixture", "flow on mixture", "flow")
+                if name in sel["candidates"]
+            )
+            model = f"model: {what} (flow='auto'"
+            model += f"; validation NLL: {scores})" if scores else f"; {sel['reason']})"
+        deq = self.info_.get("dequantized", {})
+        if deq:
+            cols = ", ".join(f"{name} (width {w:.4g})" for name, w in deq.items())
+            plural = "column" if len(deq) == 1 else "columns"
+            grid = f"dequantized: {len(deq)} {plural} on a grid, with uniform noise across "
+            grid += f"each cell: {cols}"
+        else:
+            grid = "dequantized: no column (none is on a grid)"
+            if self.dequantize is False:
+                grid = "dequantized: no column (dequantize=False)"
+        rows = f"rows: {self.info_['num_train']} training, {self.info_['num_val']} validation"
+        return "\n".join([model, grid, rows])
 
     def _fitted_names(self, context: bool = False) -> list[str] | None:
         """The names to match a DataFrame's columns to: None when they stand for positions."""

@@ -263,3 +263,15 @@ def test_iris_at_defaults_is_no_worse_than_a_validated_gmm():
     scores = est.score_samples(test)
     assert -scores.mean() <= -gmm.score(test) + 0.05
     assert scores.min() > -15
+
+
+def test_the_summary_says_what_was_chosen_and_dequantized(rounded):
+    _, _, est = rounded
+    model, grid, rows = est.summary().splitlines()
+    assert model.startswith("model: ") and "flow='auto'" in model
+    chosen = {"mixture": "stacked mixture", "flow on mixture": "flow on a mixture"}
+    assert chosen.get(est.selection_["chosen"], "normal base") in model
+    assert grid.startswith("dequantized: 4 columns on a grid") and "0 (width 0.1)" in grid
+    assert rows == "rows: 225 training, 75 validation"
+    raw = DensityEstimator("maf", num_layers=1, num_steps=2, dequantize=False).fit(clusters(50, 1))
+    assert "dequantize=False" in raw.summary() and "1 layer(s) of maf" in raw.summary()
