@@ -104,14 +104,9 @@ FAMILIES: dict[str, Family] = {
     # one Glow step on vectors: ActNorm (initialised by the first batch of data it scores),
     # LU 1x1 "convolution" (a learned rotation of the features), affine coupling
     "glow": Family(T.glow_step, min_dim=2),
-    # y = x + g(x) samples in one pass; pass inverse=True for one-pass density of data. An
-    # elementwise affine map between the blocks by default: a block's Jacobian I + J_g has
-    # singular values in [1 - Lip(g), 1 + Lip(g)], the affine maps give each feature its scale
-    # (8 gaussians, 5 blocks: KL 0.87 -> 0.47, docs/benchmarks.md "Residual flows")
-    "iresnet": Family(T.iresnet, T.conditional_iresnet, fast_direction="sample", affine=True),
-    "residual_flow": Family(
-        T.residual_flow, T.conditional_residual_flow, fast_direction="sample", affine=True
-    ),
+    # y = x + g(x) samples in one pass; pass inverse=True for one-pass density of data
+    "iresnet": Family(T.iresnet, T.conditional_iresnet, fast_direction="sample"),
+    "residual_flow": Family(T.residual_flow, T.conditional_residual_flow, fast_direction="sample"),
     # Pyro's families, wrapped (see pyro_flows.transforms.PyroTransform):
     "spline": Family(T.elementwise_spline, _pyro("conditional_spline")),
     "spline_coupling": Family(_pyro("spline_coupling"), min_dim=2),
