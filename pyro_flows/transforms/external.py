@@ -181,12 +181,15 @@ def _spline_network(
     param_dims = [count_bins, count_bins, count_bins - 1]
     if order == "linear":
         param_dims.append(count_bins)
+    # Pyro's MADE orders its inputs at random unless told: the natural order here, so that the
+    # builder's reverse permutations alternate the order from layer to layer as in MAF.
+    natural = torch.arange(input_dim)
     if context_dim is None:
-        net = AutoRegressiveNN(input_dim, hidden, param_dims=param_dims)
+        net = AutoRegressiveNN(input_dim, hidden, param_dims=param_dims, permutation=natural)
     else:
         with one_input_made():
             net = ConditionalAutoRegressiveNN(
-                input_dim, context_dim, hidden, param_dims=param_dims
+                input_dim, context_dim, hidden, param_dims=param_dims, permutation=natural
             )
     if identity_init:
         _spline_identity_start(net, input_dim, count_bins)
