@@ -157,3 +157,82 @@ def test_cli_fit_under_torchrun_writes_one_model_that_scores_like_one_process(tm
     ddp = DensityEstimator.load(tmp_path / "ddp.pt").score_samples(x)
     single = DensityEstimator.load(tmp_path / "one.pt").score_samples(x)
     assert np.allclose(ddp, single, atol=1e-6, rtol=0)
+
+
+_SVI_SCRIPT = textwrap.dedent(
+    """
+    import os, sys
+    import pyro, torch
+    import pyro.distributions as dist
+    from pyro.infer.autoguide import AutoDelta
+    torch.set_num_threads(1)
+    import torch.distributed as dist_
+    from pyro_flows.infer import fit_svi
+
+    torch.set_default_dtype(torch.float64)
+    data = torch.linspace(-1.0, 3.0, 40)
+    for mode in sys.argv[2].split(","):
+        sub = 10 if mode == "subsample" else None  # each rank its own 10 rows
+
+        def model(x):
+            loc = pyro.sample("loc", dist.Normal(0.0, 10.0))
+            scale = pyro.sample("scale", dist.LogNormal(0.0, 1.0))
+            with pyro.plate("data", len(x), subsample_size=sub) as idx:
+                pyro.sample("x", dist.Normal(loc, scale), obs=x[idx])
+
+        pyro.clear_param_store()
+        pyro.set_rng_seed(int(os.environ.get("RANK", "0")))  # rank 0's start is shared
+        guide = AutoDelta(model)  # MAP: without subsampling, a deterministic ELBO
+        losses = fit_svi(model, guide, data, num_steps=20, lr=0.05)
+        rank = dist_.get_rank() if dist_.is_initialized() else 0
+        store = pyro.get_param_store()
+        torch.save({k: store[k].detach() for k in store.keys()} | {"losses": losses},
+                   f"{sys.argv[1]}.{mode}.{rank}")
+    """
+)
+
+
+@pytest.mark.slow
+def test_fit_svi_under_torchrun_matches_one_process(tmp_path):
+    (tmp_path / "svi.py").write_text(_SVI_SCRIPT)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(_free_port()),
+        str(tmp_path / "svi.py"),
+        str(tmp_path / "ddp"),
+        "full,subsample",
+    ]
+    ddp = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    one = subprocess.run(
+        [sys.executable, str(tmp_path / "svi.py"), str(tmp_path / "one"), "full"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    _, err = ddp.communicate(timeout=240)
+    assert ddp.returncode == 0, err[-3000:]
+    assert one.returncode == 0, one.stderr[-3000:]
+
+    def load(name, mode, rank):
+        return torch.load(f"{tmp_path / name}.{mode}.{rank}", weights_only=False)
+
+    single = load("one", "full", 0)
+    for rank in (0, 1):
+        run = load("ddp", "full", rank)
+        assert run["losses"] == pytest.approx(single["losses"], abs=1e-9)
+        for key in ("AutoDelta.loc", "AutoDelta.scale"):
+            assert torch.allclose(run[key], single[key], atol=1e-9)
+    # a subsampled plate: each rank draws its own rows, the averaged gradients keep the
+    # ranks' parameters equal (each rank's ELBO keeps the plate's scale 40 / 10)
+    a, b = load("ddp", "subsample", 0), load("ddp", "subsample", 1)
+    assert a["AutoDelta.scale"] == b["AutoDelta.scale"] and a["losses"] == b["losses"]
+    assert a["losses"] != single["losses"]  # the subsample was drawn
