@@ -129,11 +129,12 @@ def test_no_held_out_row_is_catastrophic_on_rounded_data(rounded):
     # A model of the raw rounded values can pile its mass onto the grid. Held-out rows on the
     # grid, and between its points, keep sane scores.
     _, test, est = rounded
+    # (the old default, a MAF on the raw rows, had minima of -15.4 on the grid, -21.4 off it)
     off_grid = test + 0.05  # halfway between grid points
     for rows in (test, off_grid):
         scores = est.score_samples(rows)
         assert np.isfinite(scores).all()
-        assert scores.min() > -30, scores.min()
+        assert scores.min() > -12, scores.min()
     # the density is the cell average, so an off-grid row scores like its neighbour on the grid
     assert abs(est.score(off_grid) - est.score(test)) < 1.0
 
@@ -160,6 +161,7 @@ def test_defaults_beat_a_single_gaussian_on_a_small_table(rounded):
     train, test, est = rounded
     nll = -est.score(test)
     assert nll < gaussian_nll(train, test) - 0.5, (nll, gaussian_nll(train, test))
+    assert nll < 1.2  # 0.74; the old default (a MAF on the raw rows, 1000 steps) had 1.75
 
 
 def test_the_choice_is_recorded_and_survives_save_and_load(rounded, tmp_path):
