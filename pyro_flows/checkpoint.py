@@ -14,10 +14,12 @@ writing (``SIGKILL``, a pre-empted job) leaves the previous checkpoint intact.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import random
 import tempfile
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -100,12 +102,16 @@ class Checkpointer:
             fresh start when it does not, so that the same command serves the first run and
             every restart).
         writer: Whether this process writes (rank 0 under ``torchrun``).
+        minutes: Also write when this many minutes have passed since the last write (or the
+            start), whatever the step; None for steps only.
     """
 
     path: Path | None = None
     every: int = 100
     resume: Path | bool | None = None
     writer: bool = True
+    minutes: float | None = None
+    clock: list[float] = field(default_factory=lambda: [time.monotonic()])
 
     @classmethod
     def create(
@@ -114,9 +120,19 @@ class Checkpointer:
         checkpoint_every: int,
         resume: str | os.PathLike | bool | None,
         writer: bool = True,
+        checkpoint_minutes: float | None = None,
     ) -> Checkpointer:
         """Checks the training helpers' arguments ``checkpoint``, ``checkpoint_every``, ``resume``."""
         check_positive_int(checkpoint_every, "checkpoint_every")
+        if checkpoint_minutes is not None and not (
+            isinstance(checkpoint_minutes, int | float)
+            and not isinstance(checkpoint_minutes, bool)
+            and math.isfinite(checkpoint_minutes)
+            and checkpoint_minutes > 0
+        ):
+            raise ValueError(
+                f"checkpoint_minutes must be a positive number or None, got {checkpoint_minutes!r}"
+            )
         path = None if checkpoint is None else Path(checkpoint)
         if path is not None and not path.parent.is_dir():
             raise FileNotFoundError(
@@ -128,16 +144,24 @@ class Checkpointer:
             resume = Path(resume)
             if not resume.is_file():
                 raise FileNotFoundError(f"resume: no checkpoint file {str(resume)!r}")
-        return cls(path, checkpoint_every, resume or None, writer)
+        return cls(path, checkpoint_every, resume or None, writer, checkpoint_minutes)
 
     def due(self, step: int, last: bool) -> bool:
-        """Whether to write the checkpoint after ``step``."""
-        return self.path is not None and self.writer and (step % self.every == 0 or last)
+        """Whether to write the checkpoint after ``step``.
+
+        After every ``every`` steps, at the last step, and when ``minutes`` have passed since
+        the last write.
+        """
+        if self.path is None or not self.writer:
+            return False
+        late = self.minutes is not None and time.monotonic() - self.clock[0] >= 60 * self.minutes
+        return step % self.every == 0 or last or late
 
     def save(self, kind: str, state: dict[str, Any]) -> None:
         """Writes ``state`` (plus the kind, version and RNG states), atomically."""
         payload = {"kind": kind, "version": CHECKPOINT_VERSION, "rng": get_rng_state(), **state}
         atomic_save(payload, self.path)
+        self.clock[0] = time.monotonic()
 
     def load(self, kind: str) -> dict[str, Any] | None:
         """The checkpoint to resume from, or None for a fresh start.

@@ -163,6 +163,7 @@ def fit(
     device: str | torch.device | None = None,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 100,
+    checkpoint_minutes: float | None = None,
     resume: str | os.PathLike | bool | None = None,
 ) -> FitHistory:
     r"""Fits ``model`` to ``data`` by maximum likelihood with Adam.
@@ -251,6 +252,8 @@ def fit(
             device of the model's parameters.
         checkpoint: The checkpoint file to write, or None.
         checkpoint_every: The number of steps between checkpoints.
+        checkpoint_minutes: Also write a checkpoint when this many minutes have passed since
+            the last one (a wall-clock budget for a pre-emptible job), or None.
         resume: A checkpoint file to continue from, or True for ``checkpoint`` when that
             file exists (a fresh start otherwise: one command for the first run and every
             restart).
@@ -304,7 +307,9 @@ def fit(
         params = [p for p in model.parameters() if p.requires_grad]
     dtype = params[0].dtype
     dist_ctx = setup(device)
-    saver = Checkpointer.create(checkpoint, checkpoint_every, resume, writer=dist_ctx.is_main)
+    saver = Checkpointer.create(
+        checkpoint, checkpoint_every, resume, dist_ctx.is_main, checkpoint_minutes
+    )
 
     loader = data if isinstance(data, DataLoader) else None
     x = c = None

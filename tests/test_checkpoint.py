@@ -216,3 +216,25 @@ def test_fit_svi_interrupted_and_resumed_matches_uninterrupted(tmp_path):
     assert params.keys() == full.keys()
     for name in params:
         assert torch.equal(params[name], full[name])
+
+
+def test_checkpoint_minutes_writes_on_the_clock(tmp_path):
+    import time
+
+    saver = Checkpointer.create(tmp_path / "c.pt", 1000, None, True, checkpoint_minutes=0.5)
+    assert not saver.due(1, last=False) and saver.due(1000, last=False) and saver.due(7, True)
+    saver.clock[0] -= 31  # half a minute and more since the start
+    assert saver.due(1, last=False)
+    saver.save("fit", {"step": 1})
+    assert not saver.due(2, last=False)  # the clock restarts at each write
+    assert time.monotonic() - saver.clock[0] < 5
+    assert not Checkpointer.create(tmp_path / "c.pt", 10, None, False, 1e-9).due(3, True)
+    with pytest.raises(ValueError, match="checkpoint_minutes must be a positive number"):
+        fit(
+            Line(),
+            torch.randn(10, 2),
+            num_steps=1,
+            progress=False,
+            checkpoint=tmp_path / "d",
+            checkpoint_minutes=0,
+        )

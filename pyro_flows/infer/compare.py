@@ -63,6 +63,7 @@ def fit_svi(
     device: str | torch.device | None = None,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 100,
+    checkpoint_minutes: float | None = None,
     resume: str | os.PathLike | bool | None = None,
     **kwargs: Any,
 ) -> list[float]:
@@ -109,6 +110,8 @@ def fit_svi(
             None to leave the tensors where they are.
         checkpoint: The checkpoint file to write, or None.
         checkpoint_every: The number of steps between checkpoints.
+        checkpoint_minutes: Also write a checkpoint when this many minutes have passed since
+            the last one (a wall-clock budget for a pre-emptible job), or None.
         resume: A checkpoint file to continue from, or True for ``checkpoint`` when it
             exists.
         kwargs: The keyword arguments of the model and the guide.
@@ -150,7 +153,9 @@ def fit_svi(
     if dev is not None:
         args, kwargs = _to_device(args, dev), _to_device(kwargs, dev)
     dist_ctx = setup(dev)
-    saver = Checkpointer.create(checkpoint, checkpoint_every, resume, writer=dist_ctx.is_main)
+    saver = Checkpointer.create(
+        checkpoint, checkpoint_every, resume, dist_ctx.is_main, checkpoint_minutes
+    )
     state = saver.load("fit_svi")
     start = 0
     if state is not None:

@@ -95,6 +95,7 @@ def fit_flow_matching(
     device: str | torch.device | None = None,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 100,
+    checkpoint_minutes: float | None = None,
     resume: str | os.PathLike | bool | None = None,
 ) -> FlowMatchingHistory:
     r"""Trains ``field`` by conditional flow matching with Adam.
@@ -150,6 +151,8 @@ def fit_flow_matching(
             None for the device of the field's parameters.
         checkpoint: The checkpoint file to write, or None.
         checkpoint_every: The number of steps between checkpoints.
+        checkpoint_minutes: Also write a checkpoint when this many minutes have passed since
+            the last one (a wall-clock budget for a pre-emptible job), or None.
         resume: A checkpoint file to continue from, or True for ``checkpoint`` when it
             exists.
 
@@ -179,7 +182,9 @@ def fit_flow_matching(
         params = [p for p in field.parameters() if p.requires_grad]
     dtype = params[0].dtype
     dist_ctx = setup(device)
-    saver = Checkpointer.create(checkpoint, checkpoint_every, resume, writer=dist_ctx.is_main)
+    saver = Checkpointer.create(
+        checkpoint, checkpoint_every, resume, dist_ctx.is_main, checkpoint_minutes
+    )
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a positive number, got {lr!r}")
     if not (isinstance(context_dropout, (int, float)) and 0 <= context_dropout < 1):
