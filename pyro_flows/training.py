@@ -214,7 +214,8 @@ def fit(
     learning rate is a function of the step). ``resume`` continues from such a file with the
     same parameters, to the bit, as the run that wrote it would have reached; it must be
     started with the same data and settings (the checkpoint refuses others). A run without
-    ``seed`` draws one and saves it, so that the split is the same on resuming.
+    ``seed`` draws one and saves it, so that the split is the same on resuming. A
+    DataLoader's own position is not saved: a run resumed on one starts a new pass of it.
 
     Data are cast to the dtype of the model's first parameter. The model is put in train mode
     for the steps and left, at the end, in the mode it had on entry. When ``seed`` is given,
