@@ -277,3 +277,16 @@ def test_the_summary_says_what_was_chosen_and_dequantized(rounded):
     assert rows == "rows: 225 training, 75 validation"
     raw = DensityEstimator("maf", num_layers=1, num_steps=2, dequantize=False).fit(clusters(50, 1))
     assert "dequantize=False" in raw.summary() and "1 layer(s) of maf" in raw.summary()
+
+
+def test_the_command_line_says_which_columns_it_dequantized(tmp_path, capsys):
+    from pyro_flows.cli import main
+
+    x = clusters(120, 11, rounding=0.1)
+    path = tmp_path / "t.csv"
+    np.savetxt(path, x, delimiter=",", header="a,b,c,d", comments="")
+    args = ["fit", str(path), "--out", str(tmp_path / "m.pt"), "--steps", "2", "--layers", "1"]
+    assert main([*args, "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "dequantized: 4 columns on a grid" in out and "'a' (width 0.1)" not in out
+    assert "a (width 0.1)" in out

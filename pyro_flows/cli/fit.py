@@ -340,6 +340,8 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"fitted {what} to {rows} x {len(cols)} columns{given} of {table.path} in {seconds:.1f}s"
     )
+    if est.info_.get("dequantized"):  # columns recorded on a grid: say how they were modelled
+        print(est.summary().splitlines()[1])
     if h.best_val_nll is not None:
         early = ", stopped early" if h.stopped_early else ""
         print(
