@@ -149,3 +149,11 @@ def test_bad_input_is_refused_with_a_clear_message():
         NPE(dist.Normal(torch.zeros(2), 1.0))
     with pytest.raises(ValueError, match="unknown embedding_net"):
         NPE(prior, embedding_net="cnn")
+
+
+def test_fitted_npe_passes_sbc(npe):
+    from pyro_flows.sbi import sbc
+
+    theta, x = simulate_pairs(300, seed=5)  # fresh pairs, not trained on
+    result = sbc(npe, theta, x, num_posterior_samples=100)
+    assert result.passed(), (result.chi2_pvalues, result.ks_pvalues)
