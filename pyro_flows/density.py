@@ -447,7 +447,9 @@ class DensityEstimator:
     points when scoring), a proper density that is finite on and off the grid. Without it a
     flow on rounded data can collapse onto the grid and score a held-out row at
     :math:`-10^6` nats. ``lattice_`` holds the widths (0 for a continuous column; None when no
-    column is on a grid), and ``info_["dequantized"]`` the dequantised columns.
+    column is on a grid), and ``info_["dequantized"]`` the dequantised columns; ``summary()``
+    says what was chosen and dequantised. ``sample`` draws from :math:`p`, so its rows spread
+    across the cells: round them to the grid for values recorded like the data.
 
     With ``standardize=True`` the flow is built as :math:`x = \mu + \sigma \odot f(z)`, with
     :math:`\mu, \sigma` the column means and standard deviations of the training rows, held by
