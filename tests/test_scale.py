@@ -470,3 +470,30 @@ def test_cli_memmap_fit_and_score_match_in_memory(tmp_path, capsys):
     assert np.allclose(scores["no"], ref)
     assert main(["fit", str(tmp_path / "x.csv"), "--memmap", "yes", "--out", "m.pt"]) == 1
     assert "--memmap yes applies to .npy files only" in capsys.readouterr().err
+
+
+def test_fit_svi_device(monkeypatch):
+    import pyro
+    import pyro.distributions as dist
+    from pyro.infer.autoguide import AutoNormal
+
+    from pyro_flows.infer import fit_svi
+    from pyro_flows.infer.compare import _to_device
+
+    def model(x):
+        loc = pyro.sample("loc", dist.Normal(0.0, 5.0))
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", dist.Normal(loc, 1.0), obs=x)
+
+    data = torch.randn(30) + 2
+    # the steps run with the device as torch's default: what the model and guide create
+    # without a device lands there, here the CPU inside an outer meta block
+    with torch.device("meta"):
+        losses = fit_svi(model, AutoNormal(model), data, num_steps=5, device="cpu")
+    assert np.isfinite(losses).all()
+    assert pyro.param("AutoNormal.locs.loc").device.type == "cpu"
+    moved = _to_device({"a": (torch.zeros(1), [torch.ones(1)]), "b": 3}, torch.device("meta"))
+    assert moved["a"][0].is_meta and moved["a"][1][0].is_meta and moved["b"] == 3
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        fit_svi(model, AutoNormal(model), data, num_steps=1, device="cuda")
