@@ -12,7 +12,7 @@ NLL ± the standard error of that mean (over splits), the worst (highest) test-r
 split, and what the estimator chose. Nothing is standardised or dequantised by the script: the
 estimator does both itself (iris is recorded to 0.1 cm and dequantised by it).
 
-    python benchmarks/tabular.py                      # about 10 minutes on one core
+    python benchmarks/tabular.py                      # about 6 minutes on one core
     python benchmarks/tabular.py --datasets iris --seeds 0
 
 ``--table tuned`` is the earlier comparison of tuned flows, described next.
