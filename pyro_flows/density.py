@@ -12,7 +12,7 @@ import math
 import os
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -23,9 +23,10 @@ from pyro.distributions.conditional import ConditionalTransformModule
 from torch import Tensor
 
 from . import transforms as T
+from ._density_memmap import _seeded, fit_memmap
 from ._validation import check_choice, check_hidden_dims, check_positive_int
 from .bases import _COVARIANCES, GaussianMixture
-from .data import MemmapTable, fit_estimator
+from .data import MemmapTable
 from .dequantization import LatticeDequantization, lattice_widths
 from .distributed import resolve_device
 from .distributions import NormalizingFlow
@@ -149,17 +150,6 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-
-
-@contextlib.contextmanager
-def _seeded(seed: int | None) -> Iterator[None]:
-    """Seeds torch inside the block, leaving the global generator as it was, if seed is given."""
-    if seed is None:
-        yield
-        return
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
 
 
 def _column_names(names: Sequence[Any] | None, width: int, what: str) -> list[str] | None:
@@ -771,8 +761,9 @@ class DensityEstimator:
             X: The data, shape ``(num_rows, num_features)``: a numpy array, a tensor or a
                 pandas DataFrame (whose column names are kept); or a table larger than the
                 memory, a memmap or a :class:`~pyro_flows.data.MemmapTable` (with its context
-                columns), read a minibatch at a time (see
-                :func:`~pyro_flows.data.fit_estimator` for what that leaves out).
+                columns), read a minibatch at a time: split by ``val_fraction``, standardised
+                from one streaming pass, with ``flow="auto"`` and ``base="gmm"`` refused and
+                no lattice dequantisation (they need every row in memory).
             context: The conditioning values, one row per row of ``X``, or None.
             val_X: Explicit validation rows (then ``val_fraction`` is ignored).
             val_context: The context rows of ``val_X``.
@@ -807,9 +798,10 @@ class DensityEstimator:
                     "a memory-mapped X carries its context columns (MemmapTable) and is split "
                     "by val_fraction: context and val_X must be None"
                 )
-            return fit_estimator(
+            return fit_memmap(
                 self,
                 X,
+                small_rows=_AUTO_SMALL,
                 feature_names=None if feature_names is None else list(feature_names),
                 context_names=None if context_names is None else list(context_names),
                 checkpoint=checkpoint,

@@ -1,6 +1,7 @@
 """No module of the core imports, directly or through others, a module that imports it.
 
-The core: ``pyro_flows.transforms``, ``pyro_flows.infer``, ``flows`` and ``distributions``.
+The core: ``pyro_flows.transforms``, ``pyro_flows.infer``, ``flows`` and ``distributions``;
+and the scaling layers: ``data``, ``training``, ``density``, ``checkpoint``, ``distributed``.
 Imports inside functions count too: a lazy import is how a circle hides.
 """
 
@@ -17,6 +18,15 @@ CORE = (
     "pyro_flows.infer.",
     "pyro_flows.flows",
     "pyro_flows.distributions",
+)
+#: The scaling layers, bottom up: data -> checkpoint/distributed -> training -> density.
+SCALING = (
+    "pyro_flows.data",
+    "pyro_flows.checkpoint",
+    "pyro_flows.distributed",
+    "pyro_flows.training",
+    "pyro_flows._density_memmap",
+    "pyro_flows.density",
 )
 
 
@@ -75,3 +85,32 @@ def test_guides_and_compare_import_alone():
     for module in ("pyro_flows.infer.guides", "pyro_flows.infer.compare"):
         code = f"import {module}"
         subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_scaling_layers_are_on_no_circle():
+    graph = import_graph()
+    assert "pyro_flows.data" in graph["pyro_flows.training"]  # the graph sees it
+    circles = [m for m in SCALING if m in reachable(graph, m)]
+    assert not circles, f"modules on an import circle: {circles}"
+
+
+def test_data_depends_on_no_estimator():
+    """The data layer reads rows; it imports no trainer, estimator, or anything above them."""
+    graph = import_graph()
+    allowed = {"pyro_flows._validation", "pyro_flows.transforms.standardization"}
+    direct = graph["pyro_flows.data"]
+    assert direct <= allowed, f"pyro_flows.data imports {sorted(direct - allowed)}"
+    above = {"pyro_flows.training", "pyro_flows.density", "pyro_flows.distributed"}
+    assert not reachable(graph, "pyro_flows.data") & above
+
+
+def test_scaling_layers_import_alone():
+    """Each module imported first, in a fresh package (torch and pyro stay loaded: faster)."""
+    code = (
+        "import importlib, sys, torch, pyro\n"
+        f"for module in {list(SCALING)!r}:\n"
+        "    for name in [n for n in sys.modules if n.startswith('pyro_flows')]:\n"
+        "        del sys.modules[name]\n"
+        "    importlib.import_module(module)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
