@@ -104,9 +104,20 @@ FAMILIES: dict[str, Family] = {
     # one Glow step on vectors: ActNorm (initialised by the first batch of data it scores),
     # LU 1x1 "convolution" (a learned rotation of the features), affine coupling
     "glow": Family(T.glow_step, min_dim=2),
-    # y = x + g(x) samples in one pass; pass inverse=True for one-pass density of data
-    "iresnet": Family(T.iresnet, T.conditional_iresnet, fast_direction="sample"),
-    "residual_flow": Family(T.residual_flow, T.conditional_residual_flow, fast_direction="sample"),
+    # y = x + g(x) samples in one pass; pass inverse=True for one-pass density of data. A layer
+    # is two narrower residual blocks (T.iresnet_layer: 5 layers = 10 blocks, MAF's size), with
+    # elementwise affine maps between all blocks: a block's Jacobian I + J_g has singular
+    # values in [1 - Lip(g), 1 + Lip(g)], so it bends the density only a little; more blocks
+    # and per-feature scales fit better (docs/benchmarks.md, "Residual flows")
+    "iresnet": Family(
+        T.iresnet_layer, T.conditional_iresnet_layer, fast_direction="sample", affine=True
+    ),
+    "residual_flow": Family(
+        T.residual_flow_layer,
+        T.conditional_residual_flow_layer,
+        fast_direction="sample",
+        affine=True,
+    ),
     # Pyro's families, wrapped (see pyro_flows.transforms.PyroTransform):
     "spline": Family(T.elementwise_spline, _pyro("conditional_spline")),
     "spline_coupling": Family(_pyro("spline_coupling"), min_dim=2),
@@ -158,7 +169,9 @@ def lookup_family(name: str) -> tuple[str, Family]:
 
 
 def _wrap(layer: nn.Module, family: Family, input_dim: int, context_dim: int | None) -> nn.Module:
-    if isinstance(layer, (T.FlowTransform, T.ConditionalFlowTransform, T.Compose)):
+    if isinstance(
+        layer, (T.FlowTransform, T.ConditionalFlowTransform, T.Compose, T.ConditionalCompose)
+    ):
         return layer
     if context_dim:
         return T.ConditionalPyroTransform(layer, input_dim, context_dim, family.invertible)
@@ -221,9 +234,9 @@ def build(
         elementwise_affine: Put a learnable elementwise affine map
             :math:`x \odot e^{s} + b` (:func:`elementwise_affine`, starting at the identity,
             :math:`2D` parameters each) before every layer and after the last one. None (the
-            default) means the family's default (:attr:`Family.affine`): True for ``"maf"``
-            and ``"affine_coupling"``, where it lowered the KL at the same size in all A/B
-            runs (docs/benchmarks.md), False for the others.
+            default) means the family's default (:attr:`Family.affine`): True for ``"maf"``,
+            ``"affine_coupling"``, ``"iresnet"`` and ``"residual_flow"``, where it lowered the
+            KL at the same size (docs/benchmarks.md), False for the others.
         kwargs: Passed to the family's helper (e.g. ``log_scale_bound``, ``count_bins``).
 
     Returns:

@@ -14,25 +14,37 @@ from torch import Tensor
 from torch.distributions import constraints
 
 from .._validation import check_choice, check_hidden_dims, check_last_dim, check_positive_int
+from ..nn.dense import default_hidden_dims
 from ..nn.lipschitz import Linearization, LipschitzConvNet, LipschitzMLP, LipschitzNetwork
-from .base import ConditionalFlowTransform, FlowTransform
+from .actnorm import ActNorm
+from .base import Compose, ConditionalCompose, ConditionalFlowTransform, FlowTransform
 from .cache import Deferred
 
 __all__ = [
+    "BLOCKS_PER_LAYER",
+    "EXACT_MAX_DIM",
     "LOGDET_ESTIMATORS",
     "ConditionalInvertibleResNet",
     "ConvInvertibleResNet",
     "FixedPointInfo",
     "InvertibleResNet",
     "conditional_iresnet",
+    "conditional_iresnet_layer",
     "conditional_residual_flow",
+    "conditional_residual_flow_layer",
     "conv_iresnet",
+    "default_estimator",
     "iresnet",
+    "iresnet_layer",
     "residual_flow",
+    "residual_flow_layer",
 ]
 
 #: The choices of ``estimator`` for :math:`\log|\det(I + J_g)|`.
 LOGDET_ESTIMATORS: tuple[str, ...] = ("exact", "series", "russian_roulette")
+#: Up to this event size the helpers train with the exact log-determinant by default
+#: (:func:`default_estimator`).
+EXACT_MAX_DIM: int = 4
 _PROBES = ("normal", "rademacher")
 _ON_NONCONVERGENCE = ("warn", "raise", "ignore")
 
@@ -554,10 +566,40 @@ class ConditionalInvertibleResNet(ConditionalFlowTransform):
 # -- helpers ----------------------------------------------------------------------------------
 
 
-def _default_hidden(input_dim: int, hidden_dims: Sequence[int] | None) -> list[int]:
-    return check_hidden_dims(
-        hidden_dims if hidden_dims is not None else [max(32, 4 * input_dim)] * 2
-    )
+def _default_hidden(
+    input_dim: int, context_dim: int | None, hidden_dims: Sequence[int] | None
+) -> list[int]:
+    if hidden_dims is None:
+        return default_hidden_dims(input_dim, context_dim or 0)
+    return check_hidden_dims(hidden_dims)
+
+
+def default_estimator(input_dim: int, stochastic: str = "series") -> str:
+    r"""The helpers' train-mode log-determinant estimator when none is given.
+
+    ``"exact"`` up to :data:`EXACT_MAX_DIM` dimensions, ``stochastic`` above. For small
+    :math:`D` the exact log-determinant (:math:`D` Jacobian-vector products in one batched pass
+    and a :math:`D \times D` LU) costs no more than the five vector-Jacobian products of the
+    truncated series, and it has neither the series' bias nor the probes' variance: on 8
+    Gaussians (5 blocks, 1 500 steps) the series left a KL of 0.47 nats where the exact
+    log-determinant reached 0.34 (docs/benchmarks.md, "Residual flows").
+
+    Arguments:
+        input_dim: The event size :math:`D`.
+        stochastic: The estimator above :data:`EXACT_MAX_DIM` (``"series"`` or
+            ``"russian_roulette"``).
+
+    Example:
+        >>> default_estimator(2), default_estimator(64, "russian_roulette")
+        ('exact', 'russian_roulette')
+    """
+    check_positive_int(input_dim, "input_dim")
+    check_choice(stochastic, LOGDET_ESTIMATORS, "stochastic")
+    return "exact" if input_dim <= EXACT_MAX_DIM else stochastic
+
+
+def _estimator(input_dim: int, estimator: str | None, stochastic: str) -> str:
+    return default_estimator(input_dim, stochastic) if estimator is None else estimator
 
 
 def iresnet(
@@ -565,18 +607,21 @@ def iresnet(
     hidden_dims: Sequence[int] | None = None,
     lipschitz: float = 0.9,
     activation: str = "elu",
-    estimator: str = "series",
+    estimator: str | None = None,
     **kwargs: Any,
 ) -> InvertibleResNet:
     r"""Builds an :class:`InvertibleResNet` (i-ResNet) block on a :class:`~pyro_flows.nn.LipschitzMLP`.
 
     Arguments:
         input_dim: The event size :math:`D`.
-        hidden_dims: Hidden sizes of :math:`g` (default ``[max(32, 4D)] * 2``).
+        hidden_dims: Hidden sizes of :math:`g` (default
+            :func:`~pyro_flows.nn.dense.default_hidden_dims`, MAF's: 64-64 below 10
+            dimensions, so a block has about a MAF layer's parameters).
         lipschitz: The coefficient :math:`c \in (0, 1)` bounding each layer's spectral norm.
         activation: ``"elu"`` (i-ResNet) or ``"lipswish"`` (Residual Flows).
-        estimator: The log-determinant estimator in train mode (default the truncated
-            ``"series"`` of i-ResNet).
+        estimator: The log-determinant estimator in train mode; None (default) picks
+            :func:`default_estimator`: ``"exact"`` up to :data:`EXACT_MAX_DIM` dimensions,
+            else the truncated ``"series"`` of i-ResNet.
         kwargs: Further options of :class:`InvertibleResNet` (``n_terms``, ``eval_estimator``,
             ``inverse``, ``tol``, ...).
 
@@ -587,6 +632,7 @@ def iresnet(
     """
     check_positive_int(input_dim, "input_dim")
     net = _network(input_dim, None, hidden_dims, lipschitz, activation)
+    estimator = _estimator(input_dim, estimator, "series")
     return InvertibleResNet(input_dim, net, estimator=estimator, **kwargs)
 
 
@@ -595,13 +641,16 @@ def residual_flow(
     hidden_dims: Sequence[int] | None = None,
     lipschitz: float = 0.9,
     activation: str = "lipswish",
-    estimator: str = "russian_roulette",
+    estimator: str | None = None,
     **kwargs: Any,
 ) -> InvertibleResNet:
     r"""Builds a Residual Flow block: LipSwish, and the unbiased Russian-roulette estimator.
 
     An :class:`InvertibleResNet` whose log-determinant is estimated without bias, with the
-    memory-saving Neumann gradient. Arguments are those of :func:`iresnet`, with Residual Flows' defaults.
+    memory-saving Neumann gradient. Arguments are those of :func:`iresnet`, with Residual
+    Flows' defaults; ``estimator=None`` is ``"exact"`` up to :data:`EXACT_MAX_DIM` dimensions
+    (where it is cheaper than the roulette's expected cost and has no variance), else
+    ``"russian_roulette"``.
 
     Example:
         >>> t = residual_flow(2, hidden_dims=[32], inverse=True)
@@ -612,6 +661,7 @@ def residual_flow(
         | Residual Flows for Invertible Generative Modeling (Chen et al., 2019)
         | https://arxiv.org/abs/1906.02735
     """
+    estimator = _estimator(input_dim, estimator, "russian_roulette")
     return iresnet(input_dim, hidden_dims, lipschitz, activation, estimator, **kwargs)
 
 
@@ -628,7 +678,7 @@ def _network(
         or not 0 < lipschitz < 1
     ):
         raise ValueError(f"lipschitz must be in (0, 1), got {lipschitz!r}")
-    hidden = _default_hidden(input_dim, hidden_dims)
+    hidden = _default_hidden(input_dim, context_dim, hidden_dims)
     return LipschitzMLP(input_dim, hidden, context_dim, lipschitz=lipschitz, activation=activation)
 
 
@@ -638,7 +688,7 @@ def conditional_iresnet(
     hidden_dims: Sequence[int] | None = None,
     lipschitz: float = 0.9,
     activation: str = "elu",
-    estimator: str = "series",
+    estimator: str | None = None,
     **kwargs: Any,
 ) -> ConditionalInvertibleResNet:
     r"""Builds a :class:`ConditionalInvertibleResNet` (arguments as :func:`iresnet`).
@@ -646,15 +696,17 @@ def conditional_iresnet(
     Arguments:
         input_dim: The event size :math:`D`.
         context_dim: The context size :math:`C`.
-        hidden_dims: Hidden sizes of :math:`g` (default ``[max(32, 4D)] * 2``).
+        hidden_dims: Hidden sizes of :math:`g` (default
+            :func:`~pyro_flows.nn.dense.default_hidden_dims` of :math:`D + C`).
         lipschitz: The coefficient :math:`c \in (0, 1)`.
         activation: ``"elu"`` or ``"lipswish"``.
-        estimator: The log-determinant estimator in train mode.
+        estimator: The log-determinant estimator in train mode (None: as :func:`iresnet`).
         kwargs: Further options of :class:`InvertibleResNet`.
     """
     check_positive_int(input_dim, "input_dim")
     check_positive_int(context_dim, "context_dim")
     net = _network(input_dim, context_dim, hidden_dims, lipschitz, activation)
+    estimator = _estimator(input_dim, estimator, "series")
     return ConditionalInvertibleResNet(input_dim, context_dim, net, estimator=estimator, **kwargs)
 
 
@@ -664,10 +716,11 @@ def conditional_residual_flow(
     hidden_dims: Sequence[int] | None = None,
     lipschitz: float = 0.9,
     activation: str = "lipswish",
-    estimator: str = "russian_roulette",
+    estimator: str | None = None,
     **kwargs: Any,
 ) -> ConditionalInvertibleResNet:
     """Builds a conditional Residual Flow block (arguments as :func:`conditional_iresnet`)."""
+    estimator = _estimator(input_dim, estimator, "russian_roulette")
     return conditional_iresnet(
         input_dim, context_dim, hidden_dims, lipschitz, activation, estimator, **kwargs
     )
@@ -713,3 +766,147 @@ def conv_iresnet(
         activation=activation,
     )
     return ConvInvertibleResNet(input_shape, net, estimator=estimator, **kwargs)
+
+
+# -- the builder's layers: several blocks ---------------------------------------------------------
+
+#: Residual blocks per layer of the builder's ``"iresnet"`` and ``"residual_flow"`` families.
+BLOCKS_PER_LAYER: int = 2
+
+
+def _layer_hidden(
+    input_dim: int, context_dim: int | None, hidden_dims: Sequence[int] | None, blocks: int
+) -> list[int]:
+    if hidden_dims is not None:
+        return check_hidden_dims(hidden_dims)
+    # b blocks of width w / sqrt(b) have about the parameters of one block of width w
+    width = default_hidden_dims(input_dim, context_dim or 0)[0]
+    return [max(input_dim, round(width / math.sqrt(blocks)))] * 2
+
+
+def _identity_affine(input_dim: int) -> ActNorm:
+    layer = ActNorm(input_dim)
+    with torch.no_grad():
+        layer.initialized.fill_(True)  # trained from the identity; no data resets it
+    return layer
+
+
+def _stack(blocks: list[torch.nn.Module], input_dim: int) -> list[torch.nn.Module]:
+    parts: list[torch.nn.Module] = []
+    for k, block in enumerate(blocks):
+        if k > 0:
+            parts.append(_identity_affine(input_dim))
+        parts.append(block)
+    return parts
+
+
+def iresnet_layer(
+    input_dim: int,
+    hidden_dims: Sequence[int] | None = None,
+    *,
+    blocks: int = BLOCKS_PER_LAYER,
+    residual_flow: bool = False,
+    **kwargs: Any,
+) -> Compose:
+    r"""A layer of the builder's ``"iresnet"`` (or ``"residual_flow"``) family: several blocks.
+
+    ``blocks`` :class:`InvertibleResNet` blocks of :func:`iresnet` (or :func:`residual_flow`),
+    with a learnable elementwise affine map :math:`x \odot e^{s} + b` (an
+    :class:`~pyro_flows.transforms.ActNorm` started at the identity) between two blocks.
+    Each block is bi-Lipschitz, :math:`\mathrm{Lip}(g) < 1`, so it bends the density only a
+    little: at a fixed parameter count, more and narrower blocks fit better. On 8 Gaussians
+    (1 500 steps of :func:`~pyro_flows.training.fit`, seed 0), 5 blocks of width 64 reached a
+    KL of 0.34 nats and 10 blocks of width 44 (the same size) 0.14, where a MAF of the same
+    size reached 0.20 (docs/benchmarks.md, "Residual flows"). So by default a layer is two
+    blocks of width :math:`w / \sqrt{2}`, :math:`w` the width of
+    :func:`~pyro_flows.nn.dense.default_hidden_dims` (45 at :math:`D = 2`), and
+    ``normalizing_flow("iresnet", D)``, five layers, has ten blocks and about the parameters
+    of a MAF.
+
+    Arguments:
+        input_dim: The event size :math:`D`.
+        hidden_dims: Hidden sizes of every block's :math:`g` (default: two layers of width
+            :math:`w / \sqrt{\text{blocks}}`).
+        blocks: The number of residual blocks.
+        residual_flow: Build :func:`residual_flow` blocks (LipSwish) instead of
+            :func:`iresnet` blocks (ELU).
+        kwargs: Options of :func:`iresnet` for every block (``lipschitz``, ``estimator``,
+            ``inverse``, ...).
+
+    Returns:
+        A :class:`~pyro_flows.transforms.Compose` of the blocks and affine maps.
+
+    Example:
+        >>> layer = iresnet_layer(2, inverse=True)
+        >>> [type(p).__name__ for p in layer.parts]
+        ['InvertibleResNet', 'ActNorm', 'InvertibleResNet']
+        >>> layer.inv(torch.randn(4, 2)).shape
+        torch.Size([4, 2])
+
+    References:
+        | Invertible Residual Networks (Behrmann et al., 2019)
+        | https://arxiv.org/abs/1811.00995
+    """
+    check_positive_int(input_dim, "input_dim")
+    check_positive_int(blocks, "blocks")
+    hidden = _layer_hidden(input_dim, None, hidden_dims, blocks)
+    make = _residual_flow if residual_flow else iresnet
+    return Compose(_stack([make(input_dim, hidden, **kwargs) for _ in range(blocks)], input_dim))
+
+
+def conditional_iresnet_layer(
+    input_dim: int,
+    context_dim: int,
+    hidden_dims: Sequence[int] | None = None,
+    *,
+    blocks: int = BLOCKS_PER_LAYER,
+    residual_flow: bool = False,
+    **kwargs: Any,
+) -> ConditionalCompose:
+    r"""The conditional counterpart of :func:`iresnet_layer` (blocks of :func:`conditional_iresnet`).
+
+    Arguments:
+        input_dim: The event size :math:`D`.
+        context_dim: The context size :math:`C`.
+        hidden_dims: Hidden sizes of every block (default as :func:`iresnet_layer`, from
+            :math:`D + C`).
+        blocks: The number of residual blocks.
+        residual_flow: Build :func:`conditional_residual_flow` blocks instead.
+        kwargs: Options of :func:`conditional_iresnet` for every block.
+
+    Example:
+        >>> layer = conditional_iresnet_layer(2, 3)
+        >>> layer.condition(torch.randn(3)).inv(torch.randn(4, 2)).shape
+        torch.Size([4, 2])
+    """
+    check_positive_int(input_dim, "input_dim")
+    check_positive_int(context_dim, "context_dim")
+    check_positive_int(blocks, "blocks")
+    hidden = _layer_hidden(input_dim, context_dim, hidden_dims, blocks)
+    make = conditional_residual_flow if residual_flow else conditional_iresnet
+    parts = [make(input_dim, context_dim, hidden, **kwargs) for _ in range(blocks)]
+    return ConditionalCompose(_stack(parts, input_dim))
+
+
+def residual_flow_layer(
+    input_dim: int, hidden_dims: Sequence[int] | None = None, **kwargs: Any
+) -> Compose:
+    """A layer of the builder's ``"residual_flow"`` family: :func:`iresnet_layer` of Residual Flow blocks.
+
+    Example:
+        >>> len(residual_flow_layer(2).parts)
+        3
+    """
+    return iresnet_layer(input_dim, hidden_dims, residual_flow=True, **kwargs)
+
+
+def conditional_residual_flow_layer(
+    input_dim: int, context_dim: int, hidden_dims: Sequence[int] | None = None, **kwargs: Any
+) -> ConditionalCompose:
+    """The conditional counterpart of :func:`residual_flow_layer`."""
+    return conditional_iresnet_layer(
+        input_dim, context_dim, hidden_dims, residual_flow=True, **kwargs
+    )
+
+
+_residual_flow = residual_flow  # iresnet_layer's argument of the same name shadows it

@@ -164,6 +164,19 @@ TRANSFORMS = {
     "conditional_residual_flow": Case(
         lambda d: T.conditional_residual_flow(d, CONTEXT_DIM, hidden_dims=[16], estimator="exact")
     ),
+    # the builder's layers: two blocks with an elementwise affine map between them
+    "iresnet_layer": Case(lambda d: T.iresnet_layer(d, hidden_dims=[8], estimator="exact")),
+    "residual_flow_layer_inverse": Case(
+        lambda d: T.residual_flow_layer(d, hidden_dims=[8], estimator="exact", inverse=True)
+    ),
+    "conditional_iresnet_layer": Case(
+        lambda d: T.conditional_iresnet_layer(d, CONTEXT_DIM, hidden_dims=[8], estimator="exact")
+    ),
+    "conditional_residual_flow_layer": Case(
+        lambda d: T.conditional_residual_flow_layer(
+            d, CONTEXT_DIM, hidden_dims=[8], estimator="exact"
+        )
+    ),
     "conv_iresnet": image(lambda s: T.conv_iresnet(s, hidden_channels=[4], estimator="exact")),
     # ODE flows: accurate to the solver's tolerances (solves are costly: up to 5-D); fixed
     # steps for the conditional one keep rows bit-independent under different batchings

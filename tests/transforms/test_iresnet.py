@@ -76,7 +76,7 @@ def test_lipschitz_bound_holds_after_training(activation):
         activation=activation,
         inverse=True,
     ).double()
-    block = flow.transform.parts[0]
+    block = next(m for m in flow.transform.modules() if isinstance(m, T.InvertibleResNet))
     data = 4.0 * torch.randn(256, 2, dtype=F64)  # wide data: the weights are pushed outwards
     opt = torch.optim.Adam(flow.parameters(), lr=0.05)
     for _ in range(15):
@@ -114,7 +114,8 @@ def test_conv_layers_bound_the_operator_norm():
 # -- log-determinant estimators -------------------------------------------------------------------
 def test_russian_roulette_is_unbiased():
     torch.manual_seed(0)
-    t = perturbed(T.residual_flow(3, hidden_dims=[16], lipschitz=0.7).double())
+    roulette = T.residual_flow(3, hidden_dims=[16], lipschitz=0.7, estimator="russian_roulette")
+    t = perturbed(roulette.double())
     x = torch.randn(1, 3, dtype=F64).expand(10, 3)
     exact = exact_logdet(t, x[:1]).item()
     # one roulette draw per call: the means of 1000 calls are independent estimates
@@ -126,7 +127,10 @@ def test_russian_roulette_is_unbiased():
 
 def test_neumann_gradient_is_unbiased():
     torch.manual_seed(0)
-    t = perturbed(T.residual_flow(3, hidden_dims=[16], lipschitz=0.7, n_samples=4).double())
+    t = T.residual_flow(
+        3, hidden_dims=[16], lipschitz=0.7, n_samples=4, estimator="russian_roulette"
+    )
+    t = perturbed(t.double())
     x = torch.randn(1, 3, dtype=F64)
     # the parameters J_g depends on (not the output bias)
     params = [t.network.layers[0].bias, t.network.layers[0].weight, t.network.layers[1].weight]
@@ -163,7 +167,7 @@ def test_series_bias_falls_with_terms():
 
 def test_eval_mode_is_exact_and_deterministic():
     torch.manual_seed(0)
-    t = perturbed(T.residual_flow(3, hidden_dims=[16]).double())
+    t = perturbed(T.residual_flow(3, hidden_dims=[16], estimator="russian_roulette").double())
     x = torch.randn(5, 3, dtype=F64)
     train = [t.log_abs_det_jacobian(x, t(x.clone())) for _ in range(2)]
     assert not torch.equal(train[0], train[1])  # stochastic in train mode
@@ -337,3 +341,71 @@ def test_network_must_be_contractive():
         T.InvertibleResNet(3, net)
     with pytest.raises(ValueError, match="context_dim"):
         T.ConditionalInvertibleResNet(3, 2, LipschitzMLP(3, [8]))
+
+
+# -- defaults (issue 19: residual flows at defaults) ----------------------------------------------
+@pytest.mark.parametrize(
+    "helper, stochastic",
+    [(T.iresnet, "series"), (T.residual_flow, "russian_roulette")],
+    ids=["iresnet", "residual_flow"],
+)
+def test_default_estimator_is_exact_in_small_dimensions(helper, stochastic):
+    from pyro_flows.transforms.iresnet import EXACT_MAX_DIM
+
+    assert helper(2).options.estimator == "exact"
+    assert helper(EXACT_MAX_DIM).options.estimator == "exact"
+    assert helper(EXACT_MAX_DIM + 1).options.estimator == stochastic
+    assert helper(2, estimator="series").options.estimator == "series"  # explicit wins
+    conditional = T.conditional_iresnet if helper is T.iresnet else T.conditional_residual_flow
+    assert conditional(2, 3).options.estimator == "exact"
+    assert conditional(EXACT_MAX_DIM + 1, 3).options.estimator == stochastic
+
+
+def test_default_estimator_validates_its_arguments():
+    from pyro_flows.transforms.iresnet import default_estimator
+
+    assert default_estimator(3) == "exact"
+    assert default_estimator(40, "russian_roulette") == "russian_roulette"
+    with pytest.raises(ValueError, match="stochastic"):
+        default_estimator(40, "hutchinson")
+    with pytest.raises(ValueError, match="input_dim"):
+        default_estimator(0)
+
+
+def test_default_size_and_affine_maps_match_maf():
+    """normalizing_flow("iresnet", 2): 5 layers of 2 blocks, MAF's size, affine maps between."""
+    from pyro_flows.nn.dense import default_hidden_dims
+
+    assert [layer.out_features for layer in T.iresnet(2).network.layers[:-1]] == [64, 64]
+    assert default_hidden_dims(2) == [64, 64]
+    conditional = T.conditional_iresnet(6, 5)
+    assert [layer.out_features for layer in conditional.network.layers[:-1]] == [128, 128]
+    maf_size = sum(p.numel() for p in normalizing_flow("maf", 2).parameters())
+    for name in ("iresnet", "residual_flow"):
+        flow = normalizing_flow(name, 2)
+        modules = list(flow.transform.modules())
+        blocks = [m for m in modules if isinstance(m, T.InvertibleResNet)]
+        affine = [m for m in modules if isinstance(m, T.ActNorm)]
+        assert len(blocks) == 10 and len(affine) == 6 + 5  # around the layers, inside them
+        widths = {layer.out_features for b in blocks for layer in b.network.layers[:-1]}
+        assert widths == {45}  # 64 / sqrt(2): two blocks have one wide block's parameters
+        activation = "elu" if name == "iresnet" else "lipswish"
+        assert all(b.network.activation == activation for b in blocks)
+        size = sum(p.numel() for p in flow.parameters())
+        assert abs(size - maf_size) < 0.02 * maf_size  # equal size, within 2%
+
+
+def test_layer_of_blocks_options():
+    layer = T.iresnet_layer(3, hidden_dims=[8], blocks=3, inverse=True, lipschitz=0.5)
+    kinds = [type(p).__name__ for p in layer.parts]
+    assert kinds == ["InvertibleResNet", "ActNorm"] * 2 + ["InvertibleResNet"]
+    blocks = layer.parts[::2]
+    assert all(b.options.inverse and b.network.lipschitz == 0.5 for b in blocks)
+    assert all([m.out_features for m in b.network.layers[:-1]] == [8] for b in blocks)
+    x = torch.randn(4, 3)
+    assert torch.allclose(layer(layer.inv(x)), x, atol=1e-4)
+    assert len(T.residual_flow_layer(2, blocks=1).parts) == 1
+    cond = T.conditional_residual_flow_layer(2, 3)
+    assert torch.isfinite(cond.condition(torch.randn(3)).inv(x[:, :2])).all()
+    with pytest.raises(ValueError, match="blocks"):
+        T.iresnet_layer(2, blocks=0)
