@@ -31,6 +31,7 @@ from sklearn.model_selection import train_test_split
 matplotlib.use("Agg")
 from matplotlib.figure import Figure  # noqa: E402
 
+from pyro_flows.distributed import resolve_device  # noqa: E402
 from pyro_flows.infer import fit_svi  # noqa: E402
 from pyro_flows.models import cvae, elbo, iwae_bound  # noqa: E402
 
@@ -56,9 +57,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--test-size", type=float, default=0.25, help="held-out fraction")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="where SVI trains: auto (CUDA when present, else the CPU), cpu, cuda or cuda:N "
+        "(the evaluation runs on the CPU)",
+    )
     parser.add_argument("--out", default="outputs/cvae_digits.png", help="PNG path")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:
+        resolve_device(args.device)
+    except ValueError as e:  # e.g. cuda asked for without CUDA: one line
+        parser.error(str(e))
+    return args
 
 
 def load(args: argparse.Namespace) -> tuple[torch.Tensor, ...]:
@@ -80,6 +92,7 @@ def mean_se(values: torch.Tensor) -> tuple[float, float]:
 
 def main(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
     x_train, y_train, x_test, y_test = load(args)
     hidden = [int(h) for h in args.hidden.split(",")]
     flow_hidden = [int(h) for h in args.flow_hidden.split(",")]
@@ -99,7 +112,7 @@ def main(args: argparse.Namespace) -> dict:
             num_layers=args.num_layers,
             hidden_dims=flow_hidden,
             **choice,
-        )
+        ).to(device)
         t0 = time.perf_counter()
         fit_svi(
             vae.model,
@@ -110,8 +123,10 @@ def main(args: argparse.Namespace) -> dict:
             lr=args.lr,
             batch_size=args.batch_size,
             progress=not args.no_progress,
+            device=device,
         )
         seconds = time.perf_counter() - t0
+        vae.cpu()  # its parameters (those of the guide too) come back for the evaluation
         vae.eval()
         e = elbo(vae, x_test, y_test, args.elbo_samples)
         iw = iwae_bound(vae, x_test, y_test, args.num_samples)

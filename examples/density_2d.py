@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from pyro_flows.datasets import TOY_DATASETS, fit_metrics, grid_log_density, toy_distribution
+from pyro_flows.distributed import resolve_device
 from pyro_flows.flows import normalizing_flow
 from pyro_flows.training import fit
 
@@ -45,10 +46,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-samples", type=int, default=50_000, help="training rows")
     parser.add_argument("--num-test", type=int, default=20_000, help="fresh test rows")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="auto (CUDA when present, else the CPU), cpu, cuda or cuda:N",
+    )
     parser.add_argument("--out", default="outputs/density_2d.png", help="PNG path")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:
+        resolve_device(args.device)
+    except ValueError as e:  # e.g. cuda asked for without CUDA: one line
+        parser.error(str(e))
+    return args
 
 
 def _finite_rows(x: torch.Tensor) -> np.ndarray:
@@ -58,7 +68,7 @@ def _finite_rows(x: torch.Tensor) -> np.ndarray:
 
 def run_one(name: str, args: argparse.Namespace, axes: Sequence[plt.Axes]) -> dict[str, float]:
     """Trains a flow on the toy ``name``, draws its row of panels and returns its metrics."""
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
     target = toy_distribution(name)
     gen = torch.Generator().manual_seed(args.seed)
     train = target.sample((args.num_samples,), generator=gen)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from pyro_flows.datasets import TOY_DATASETS, fit_metrics, grid_log_density, toy_distribution
+from pyro_flows.distributed import resolve_device
 from pyro_flows.flows import normalizing_flow
 from pyro_flows.training import fit
 from pyro_flows.transforms import FFJORD
@@ -54,9 +55,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (ODE solves are many small ops)"
     )
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="auto (CUDA when present, else the CPU), cpu, cuda or cuda:N",
+    )
     parser.add_argument("--out", default="outputs/ffjord_2d.png", help="PNG path")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:
+        resolve_device(args.device)
+    except ValueError as e:  # e.g. cuda asked for without CUDA: one line
+        parser.error(str(e))
+    return args
 
 
 def _ffjord_layer(flow: torch.nn.Module) -> FFJORD:
@@ -86,6 +97,7 @@ def trajectories(layer: FFJORD, z0: torch.Tensor, num_times: int = 41) -> torch.
 
 def run_one(name: str, args: argparse.Namespace, axes: Sequence[plt.Axes]) -> dict[str, float]:
     """Trains FFJORD on the toy ``name``, draws its row of panels and returns its metrics."""
+    device = resolve_device(args.device)
     target = toy_distribution(name)
     gen = torch.Generator().manual_seed(args.seed)
     train = target.sample((args.num_samples,), generator=gen)
@@ -104,6 +116,7 @@ def run_one(name: str, args: argparse.Namespace, axes: Sequence[plt.Axes]) -> di
         atol=args.atol,
         adjoint=args.adjoint,
     )
+    flow = flow.to(device)
     layer = _ffjord_layer(flow)
 
     t0 = time.perf_counter()
@@ -123,7 +136,7 @@ def run_one(name: str, args: argparse.Namespace, axes: Sequence[plt.Axes]) -> di
     flow.eval()
     layer.nfe.reset()
     result = {
-        **fit_metrics(target, flow, test, chunk_size=4096),
+        **fit_metrics(target, flow, test.to(device), chunk_size=4096),
         "seconds": seconds,
         "seconds_per_step": seconds / steps,
         "eval_nfe": layer.nfe.forward / layer.nfe.solves,
@@ -133,12 +146,12 @@ def run_one(name: str, args: argparse.Namespace, axes: Sequence[plt.Axes]) -> di
     data_np = test.numpy()
     axes[0].hist2d(data_np[:, 0], data_np[:, 1], bins=100, range=span, cmap="viridis")
     axes[0].set_title(f"{name}: data")
-    density = grid_log_density(flow, LIMIT, args.grid, chunk_size=4096).exp().numpy()
+    density = grid_log_density(flow, LIMIT, args.grid, device, chunk_size=4096).exp().numpy()
     extent = (-LIMIT, LIMIT, -LIMIT, LIMIT)
     axes[1].imshow(density, origin="lower", extent=extent, cmap="viridis", aspect="equal")
     axes[1].set_title(f"FFJORD density (KL {result['kl']:.3f})")
-    z0 = torch.randn(args.num_paths, 2, generator=gen)
-    path = trajectories(layer, z0).numpy()
+    z0 = torch.randn(args.num_paths, 2, generator=gen).to(device)
+    path = trajectories(layer, z0).cpu().numpy()
     axes[2].imshow(density, origin="lower", extent=extent, cmap="Greys", aspect="equal")
     colors = plt.cm.plasma(np.linspace(0, 1, path.shape[0]))
     for k in range(path.shape[1]):

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from pyro_flows.datasets import TOY_DATASETS, fit_metrics, grid_log_density, toy_distribution
+from pyro_flows.distributed import resolve_device
 from pyro_flows.distributions import NormalizingFlow
 from pyro_flows.matching import FlowMatchingPrior, OTCoupling, fit_flow_matching, trajectory
 from pyro_flows.nn import VectorField
@@ -65,9 +66,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-paths", type=int, default=32, help="trajectories drawn")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="auto (CUDA when present, else the CPU), cpu, cuda or cuda:N",
+    )
     parser.add_argument("--out", default="outputs/flow_matching_2d.png", help="PNG path")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:
+        resolve_device(args.device)
+    except ValueError as e:  # e.g. cuda asked for without CUDA: one line
+        parser.error(str(e))
+    return args
 
 
 def make_field(hidden: Sequence[int]) -> VectorField:
@@ -92,6 +103,7 @@ def train(method: str, train_rows: torch.Tensor, args: argparse.Namespace) -> tu
             val_fraction=0.0,
             progress=not args.no_progress,
             seed=args.seed,
+            device=args.device,
         )
         return field, time.perf_counter() - start
     coupling = OTCoupling(args.ot_block) if method == "fm_ot" else "independent"
@@ -104,17 +116,19 @@ def train(method: str, train_rows: torch.Tensor, args: argparse.Namespace) -> tu
         lr=args.fm_lr,
         progress=not args.no_progress,
         seed=args.seed,
+        device=args.device,
     )
     return field, history.seconds
 
 
 def run_one(name: str, args: argparse.Namespace, axes: Sequence[plt.Axes]) -> dict:
     """Trains the three methods on the toy ``name``, draws its row of panels, returns metrics."""
+    device = resolve_device(args.device)
     target = toy_distribution(name)
     gen = torch.Generator().manual_seed(args.seed)
     train_rows = target.sample((args.num_samples,), generator=gen)
     test = target.sample((args.num_test,), generator=gen)
-    z0 = torch.randn(args.num_paths, 2, generator=gen)
+    z0 = torch.randn(args.num_paths, 2, generator=gen).to(device)
     span = [[-LIMIT, LIMIT], [-LIMIT, LIMIT]]
     extent = (-LIMIT, LIMIT, -LIMIT, LIMIT)
     data_np = test.numpy()
@@ -126,15 +140,15 @@ def run_one(name: str, args: argparse.Namespace, axes: Sequence[plt.Axes]) -> di
         field, seconds = train(method, train_rows, args)
         field.eval()
         prior = FlowMatchingPrior(field, rtol=args.rtol, atol=args.rtol)
-        metrics = fit_metrics(target, prior, test, chunk_size=2048)
+        metrics = fit_metrics(target, prior, test.to(device), chunk_size=2048)
         prior.nfe.reset()
         prior.sample((1000,))
         metrics.update(seconds=seconds, sample_nfe=prior.nfe.forward)
         results[method] = metrics
-        density = grid_log_density(prior, LIMIT, args.grid, chunk_size=2048).exp().numpy()
+        density = grid_log_density(prior, LIMIT, args.grid, device, chunk_size=2048).exp().numpy()
         ax = axes[1 + i]
         ax.imshow(density, origin="lower", extent=extent, cmap="Greys", aspect="equal")
-        path = trajectory(field, z0, times, rtol=args.rtol, atol=args.rtol).numpy()
+        path = trajectory(field, z0, times, rtol=args.rtol, atol=args.rtol).cpu().numpy()
         for k in range(path.shape[1]):
             ax.plot(path[:, k, 0], path[:, k, 1], color="tab:blue", lw=0.7, alpha=0.8)
         ax.scatter(path[0, :, 0], path[0, :, 1], s=6, color="tab:orange", label="t = 0")

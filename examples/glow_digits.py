@@ -38,6 +38,7 @@ from pyro_flows.dequantization import (  # noqa: E402
     UniformDequantization,
     VariationalDequantization,
 )
+from pyro_flows.distributed import resolve_device  # noqa: E402
 from pyro_flows.flows import normalizing_flow  # noqa: E402
 from pyro_flows.glow import Glow  # noqa: E402
 
@@ -61,8 +62,19 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="outputs/glow_digits.png")
     p.add_argument("--threads", type=int, default=1, help="torch threads (small convs)")
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="where the models train: auto (CUDA when present, else the CPU), cpu, cuda or "
+        "cuda:N (evaluation and sampling run on the CPU)",
+    )
     p.add_argument("--no-progress", action="store_true")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    try:
+        resolve_device(args.device)
+    except ValueError as e:  # e.g. cuda asked for without CUDA: one line
+        p.error(str(e))
+    return args
 
 
 def categorical_baseline(train, test, levels):
@@ -76,25 +88,32 @@ def categorical_baseline(train, test, levels):
 
 
 def train(model, x, y, args, label):
-    """Maximises the variational bound (minimises bits/dim) with Adam, cosine learning rate."""
+    """Maximises the variational bound (minimises bits/dim) with Adam, cosine learning rate.
+
+    The model trains on ``args.device``, the rows moved there a minibatch at a time, and
+    comes back to the CPU.
+    """
+    device = resolve_device(args.device)
+    model.to(device)
     steps = args.num_steps if label != "RealNVP" else (args.realnvp_steps or args.num_steps)
     g = torch.Generator().manual_seed(args.seed)
     first = torch.randperm(len(x), generator=g)[: max(args.batch_size, 256)]
     with torch.no_grad():  # ActNorm's data-dependent initialisation on a large first batch
-        model.elbo(x[first], None if y is None else y[first])
+        model.elbo(x[first].to(device), None if y is None else y[first].to(device))
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
     bar = tqdm(range(steps), desc=label, disable=args.no_progress, leave=False)
     for _ in bar:
         idx = torch.randint(0, len(x), (args.batch_size,), generator=g)
-        loss = model.bits_per_dim(x[idx], None if y is None else y[idx]).mean()
+        xb, yb = x[idx].to(device), None if y is None else y[idx].to(device)
+        loss = model.bits_per_dim(xb, yb).mean()
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 50.0)
         opt.step()
         sched.step()
         bar.set_postfix(bpd=f"{loss.item():.3f}")
-    return model
+    return model.cpu()
 
 
 @torch.no_grad()

@@ -25,6 +25,7 @@ import torch
 matplotlib.use("Agg")
 from matplotlib.figure import Figure  # noqa: E402
 
+from pyro_flows.distributed import resolve_device  # noqa: E402
 from pyro_flows.infer import fit_svi  # noqa: E402
 from pyro_flows.models import MLP, PIVAE, CoordinateDecoder, Gaussian, Poisson1D, elbo  # noqa: E402
 
@@ -52,9 +53,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=5e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="where SVI trains: auto (CUDA when present, else the CPU), cpu, cuda or cuda:N "
+        "(the evaluation runs on the CPU)",
+    )
     parser.add_argument("--out", default="outputs/pivae_poisson.png", help="PNG path")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:
+        resolve_device(args.device)
+    except ValueError as e:  # e.g. cuda asked for without CUDA: one line
+        parser.error(str(e))
+    return args
 
 
 def field_stats(physics: Poisson1D, fields: torch.Tensor, ref: torch.Tensor) -> dict:
@@ -91,6 +103,7 @@ def make_model(args, physics, sensors, alpha):
 
 def main(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
     gen = torch.Generator().manual_seed(args.seed)
     physics = Poisson1D(args.num_points, length_scale=args.length_scale, std=1.0, mean=1.0)
     sensors = physics.sensors(args.num_u, args.num_f)
@@ -102,7 +115,7 @@ def main(args: argparse.Namespace) -> dict:
     for label, alpha in (("VAE", 0.0), (f"PI-VAE (alpha={args.alpha:g})", args.alpha)):
         pyro.clear_param_store()
         pyro.set_rng_seed(args.seed)
-        vae = make_model(args, physics, sensors, alpha)
+        vae = make_model(args, physics, sensors, alpha).to(device)
         t0 = time.perf_counter()
         fit_svi(
             vae.model,
@@ -112,8 +125,10 @@ def main(args: argparse.Namespace) -> dict:
             lr=args.lr,
             batch_size=args.batch_size,
             progress=not args.no_progress,
+            device=device,
         )
         seconds = time.perf_counter() - t0
+        vae.cpu()  # its parameters (those of the guide too) come back for the evaluation
         with torch.no_grad():
             z = vae.prior_distribution(None).sample((args.num_test,))
             fields = vae.decode(z).double()

@@ -497,3 +497,93 @@ def test_fit_svi_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="CUDA is not available"):
         fit_svi(model, AutoNormal(model), data, num_steps=1, device="cuda")
+
+
+# --- examples take --device ---------------------------------------------------------------
+
+DEVICE_EXAMPLES = [
+    "density_2d",
+    "ffjord_2d",
+    "flow_matching_2d",
+    "flow_matching_prior",
+    "cvae_digits",
+    "pivae_poisson",
+    "glow_digits",
+]
+
+
+class _Stop(Exception):
+    """Raised by a stand-in trainer: training was reached, with these facts."""
+
+
+def _param_device(module):
+    return next(module.parameters()).device
+
+
+@pytest.mark.parametrize("name", DEVICE_EXAMPLES)
+def test_example_device_option(load_example, name):
+    example = load_example(name)
+    assert example.parse_args([]).device == "auto"
+    assert example.parse_args(["--device", "cpu"]).device == "cpu"
+    with pytest.raises(SystemExit):  # one line from argparse, not a traceback from training
+        example.parse_args(["--device", "gpu0"])
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            example.parse_args(["--device", "cuda"])
+
+
+TINY_2D = ["--num-samples", "300", "--num-test", "200", "--no-progress", "--hidden", "8"]
+
+
+@pytest.mark.parametrize("name", ["density_2d", "ffjord_2d"])
+def test_example_moves_the_flow_to_device(load_example, monkeypatch, tmp_path, name):
+    """The flow is on --device when training starts (the meta device: nothing is computed)."""
+    example = load_example(name)
+
+    def stand_in(model, data, **kwargs):
+        raise _Stop(_param_device(model), kwargs.get("device"))
+
+    monkeypatch.setattr(example, "fit", stand_in)
+    argv = [*TINY_2D, "--dataset", "8gaussians", "--device", "meta", "--out", str(tmp_path / "a")]
+    with pytest.raises(_Stop) as stop:
+        example.main(example.parse_args(argv))
+    assert stop.value.args[0] == torch.device("meta")
+
+
+def test_flow_matching_examples_pass_device(load_example, monkeypatch, tmp_path):
+    seen = []
+
+    def stand_in(model, data, **kwargs):
+        seen.append(kwargs.get("device"))
+        raise _Stop
+
+    for name in ("flow_matching_2d", "flow_matching_prior"):
+        example = load_example(name)
+        monkeypatch.setattr(example, "fit_flow_matching", stand_in)
+        if name == "flow_matching_2d":
+            monkeypatch.setattr(example, "fit", stand_in)
+            args = example.parse_args([*TINY_2D, "--device", "meta"])
+            for method in example.METHODS:
+                with pytest.raises(_Stop):
+                    example.train(method, torch.randn(50, 2), args)
+        else:
+            args = example.parse_args(["--num-draws", "100", "--no-progress", "--device", "meta"])
+            args.out = str(tmp_path / "prior.png")
+            with pytest.raises(_Stop):
+                example.main(args)
+    assert seen == ["meta"] * 4
+
+
+@pytest.mark.parametrize("name", ["cvae_digits", "pivae_poisson"])
+def test_svi_examples_train_on_device(load_example, monkeypatch, tmp_path, name):
+    """fit_svi gets --device, and the model's own networks are there before it starts."""
+    example = load_example(name)
+
+    def stand_in(model, guide, *args, **kwargs):
+        raise _Stop(_param_device(model.__self__), kwargs.get("device"))
+
+    monkeypatch.setattr(example, "fit_svi", stand_in)
+    argv = ["--num-steps", "1", "--no-progress", "--device", "meta", "--out", str(tmp_path / "a")]
+    with pytest.raises(_Stop) as stop:
+        example.main(example.parse_args(argv))
+    assert stop.value.args == (torch.device("meta"), torch.device("meta"))
