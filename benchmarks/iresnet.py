@@ -1,17 +1,21 @@
-"""Residual flows: KL on 2-D toys against MAF, and the cost of the Neumann-series gradient.
+"""Residual flows: KL on 2-D toys against MAF at their defaults, and the Neumann gradient's cost.
 
 Two tables, one run:
 
-1. KL(p || q) on the 2-D toys ("checkerboard", "8gaussians") of an i-ResNet (ELU, truncated
-   power series), a Residual Flow (LipSwish, unbiased Russian roulette with the Neumann
-   gradient) and MAF, at similar parameter counts, each trained with
-   ``pyro_flows.training.fit`` on the same data and scored on the same fresh test set:
+1. KL(p || q) on the 2-D toys ("8gaussians", "checkerboard") of flows built as a user would,
+   ``normalizing_flow(name, 2, **kwargs)`` (5 layers at the families' default sizes: MAF
+   23 084 parameters, i-ResNet 23 014, Residual Flow 23 034), each fitted with
+   ``pyro_flows.training.fit(flow, train, num_steps=1000, seed=s)`` (fit's defaults: batch
+   512, Adam lr 1e-3 cosine) on the same training rows and scored on the same fresh test set:
 
        KL(p || q) = E_p[log p(x) - log q(x)]  (= test NLL - entropy of p),
 
-   estimated without bias by the test mean, with its standard error. The residual blocks are
-   built with ``inverse=True`` (one pass of x + g(x) scores data) and are scored in eval mode,
-   where the log-determinant is exact.
+   estimated without bias by the test mean; the table gives the mean over seeds with the
+   standard error across seeds (the test set's own SE, about 0.005, is smaller). The
+   residual flows are built with ``inverse=True`` (data scored by one pass of x + g(x); the
+   default direction samples in one pass and scores data by fixed-point solves) and scored in
+   eval mode, where the log-determinant is exact. ``--variants ablation`` gives the rows of
+   the ablation (VARIANTS: the layout before issue 19 at MAF's size, one change at a time).
 
 2. Time and memory per training step at D = 64 of the Russian-roulette estimator with the
    Neumann gradient against naive back-propagation through the same series (same probes, same
@@ -21,8 +25,9 @@ Two tables, one run:
    Memory is the total size of the tensors autograd saves for the backward pass (the part that
    the Neumann gradient saves), counted with ``torch.autograd.graph.saved_tensors_hooks``.
 
-    python benchmarks/iresnet.py                       # defaults, ~9 min on 1 busy thread
-    python benchmarks/iresnet.py --num-steps 300 --mem-steps 5   # a quick look
+    python benchmarks/iresnet.py --skip-memory     # the defaults table, 3 seeds (~1.5 h busy CPU)
+    python benchmarks/iresnet.py --skip-memory --seeds 0 --num-steps 1500 --variants ablation
+    python benchmarks/iresnet.py --skip-kl         # the memory table, ~2 min
 """
 
 from __future__ import annotations
@@ -40,22 +45,60 @@ from pyro_flows.datasets import toy_distribution
 from pyro_flows.flows import normalizing_flow
 from pyro_flows.training import fit
 
-TOYS = ("checkerboard", "8gaussians")
+TOYS = ("8gaussians", "checkerboard")
+DEFAULT_VARIANTS = ("maf", "iresnet inverse=True", "residual_flow inverse=True")
+# One block per layer, 64-64 (the old layout at MAF's size), one change at a time.
+_ONE = {"blocks": 1, "hidden_dims": [64, 64], "inverse": True}
+#: name -> (family, keyword arguments of normalizing_flow(family, 2, **kwargs)).
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "maf": ("maf", {}),
+    # the defaults: 5 layers of 2 blocks (width 45), affine maps between all blocks, exact
+    # log-det; inverse=True scores data in one pass (the default direction samples in one)
+    "iresnet": ("iresnet", {}),
+    "residual_flow": ("residual_flow", {}),
+    "iresnet inverse=True": ("iresnet", {"inverse": True}),
+    "residual_flow inverse=True": ("residual_flow", {"inverse": True}),
+    # before issue 19 (at MAF's size): 5 blocks 64-64, series or roulette, no affine maps
+    "iresnet 5x64 series, no affine": (
+        "iresnet",
+        {**_ONE, "estimator": "series", "elementwise_affine": False},
+    ),
+    "residual_flow 5x64 roulette, no affine": (
+        "residual_flow",
+        {**_ONE, "estimator": "russian_roulette", "elementwise_affine": False},
+    ),
+    "iresnet 5x64 series + affine": ("iresnet", {**_ONE, "estimator": "series"}),
+    "iresnet 5x64 exact + affine": ("iresnet", _ONE),
+    "iresnet 5x64 exact + affine, lr 5e-3": ("iresnet", _ONE),
+    "iresnet 5x64 exact + affine, inverse=False": ("iresnet", {**_ONE, "inverse": False}),
+}
+ABLATION = (
+    "iresnet 5x64 series, no affine",
+    "iresnet 5x64 series + affine",
+    "iresnet 5x64 exact + affine",
+    "iresnet 5x64 exact + affine, lr 5e-3",
+    "iresnet 5x64 exact + affine, inverse=False",
+    "iresnet inverse=True",
+    "residual_flow 5x64 roulette, no affine",
+    "residual_flow inverse=True",
+)
+#: Variants fitted with another learning rate than fit's default.
+LR = {"iresnet 5x64 exact + affine, lr 5e-3": 5e-3}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--toys", default=",".join(TOYS))
-    p.add_argument("--flows", default="iresnet,residual_flow,maf")
+    p.add_argument(
+        "--variants",
+        default=",".join(DEFAULT_VARIANTS),
+        help=f"comma-separated keys of VARIANTS, or 'ablation' ({len(ABLATION)} rows)",
+    )
+    p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--num-steps", type=int, default=1000)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--num-layers", type=int, default=8, help="layers of every 2-D flow")
-    p.add_argument("--hidden", type=int, default=64, help="width of the 2 hidden layers")
-    p.add_argument("--lipschitz", type=float, default=0.9)
-    p.add_argument("--n-terms", type=int, default=5, help="terms of the i-ResNet series")
     p.add_argument("--num-train", type=int, default=30_000)
     p.add_argument("--num-test", type=int, default=20_000)
+    p.add_argument("--lipschitz", type=float, default=0.9, help="of the memory table")
     p.add_argument("--mem-dim", type=int, default=64)
     p.add_argument("--mem-hidden", type=int, default=256)
     p.add_argument("--mem-layers", type=int, default=4)
@@ -65,7 +108,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--mem-exact-terms", default="2,10", help="roulette n_exact_terms values to compare"
     )
     p.add_argument("--threads", type=int, default=1, help="torch threads (0: leave as is)")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-kl", action="store_true")
     p.add_argument("--skip-memory", action="store_true")
     return p.parse_args(argv)
@@ -75,53 +117,66 @@ def num_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def make_flow(kind: str, args: argparse.Namespace) -> nn.Module:
-    hidden = [args.hidden, args.hidden]
-    if kind == "maf":
-        return normalizing_flow("maf", 2, args.num_layers, hidden_dims=hidden)
-    common = {"lipschitz": args.lipschitz, "inverse": True}
-    if kind == "iresnet":
-        return normalizing_flow(
-            "iresnet", 2, args.num_layers, hidden_dims=hidden, n_terms=args.n_terms, **common
-        )
-    return normalizing_flow("residual_flow", 2, args.num_layers, hidden_dims=hidden, **common)
+def variant_names(spec: str) -> list[str]:
+    names = list(ABLATION) if spec == "ablation" else spec.split(",")
+    for name in names:
+        if name not in VARIANTS:
+            raise SystemExit(f"unknown variant {name!r}; choose from {sorted(VARIANTS)}")
+    return names
+
+
+def fit_one(name: str, toy: str, seed: int, args: argparse.Namespace) -> tuple[int, float, float]:
+    """Fits one variant to one toy with one seed; returns (parameters, KL, seconds/step)."""
+    target = toy_distribution(toy)
+    gen = torch.Generator().manual_seed(seed)
+    train = target.sample((args.num_train,), generator=gen)
+    test = target.sample((args.num_test,), generator=gen)
+    family, kwargs = VARIANTS[name]
+    torch.manual_seed(seed)
+    flow = normalizing_flow(family, 2, **kwargs)
+    t0 = time.perf_counter()
+    fit(
+        flow,
+        train,
+        num_steps=args.num_steps,
+        lr=LR.get(name, 1e-3),
+        eval_every=max(args.num_steps // 5, 1),
+        progress=False,
+        seed=seed,
+    )
+    seconds = time.perf_counter() - t0
+    flow.eval()
+    with torch.no_grad():
+        lq = torch.cat([flow.log_prob(c) for c in test.split(4096)]).double()
+    kl = (target.log_prob(test.double()) - lq).mean().item()
+    return num_params(flow), kl, seconds / args.num_steps
 
 
 def kl_table(args: argparse.Namespace) -> list[str]:
+    seeds = [int(s) for s in args.seeds.split(",")]
     rows = [
-        "| toy | flow | params | KL(p‖q) nats ± SE | test NLL | train s | s/step |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        f"| toy | flow | params | KL(p‖q) nats, mean ± SE over {len(seeds)} seed(s) | "
+        "per seed | s/step |",
+        "|---|---|---:|---:|---|---:|",
     ]
     for toy in args.toys.split(","):
-        target = toy_distribution(toy)
-        gen = torch.Generator().manual_seed(args.seed)
-        train = target.sample((args.num_train,), generator=gen)
-        test = target.sample((args.num_test,), generator=gen)
-        lp = target.log_prob(test.double())
-        for kind in args.flows.split(","):
-            torch.manual_seed(args.seed)
-            flow = make_flow(kind, args)
-            t0 = time.perf_counter()
-            fit(
-                flow,
-                train,
-                num_steps=args.num_steps,
-                batch_size=args.batch_size,
-                lr=args.lr,
-                eval_every=max(args.num_steps // 5, 1),
-                progress=False,
-                seed=args.seed,
+        for name in variant_names(args.variants):
+            kls, times = [], []
+            for seed in seeds:
+                n, kl, per_step = fit_one(name, toy, seed, args)
+                kls.append(kl)
+                times.append(per_step)
+                print(f"  {toy} {name} seed {seed}: KL {kl:.3f}", flush=True)
+            mean = sum(kls) / len(kls)
+            se = (
+                math.sqrt(sum((k - mean) ** 2 for k in kls) / (len(kls) - 1) / len(kls))
+                if len(kls) > 1
+                else float("nan")
             )
-            seconds = time.perf_counter() - t0
-            flow.eval()
-            with torch.no_grad():
-                lq = torch.cat([flow.log_prob(c) for c in test.split(4096)]).double()
-            gap = lp - lq
-            n = len(gap)
-            kl, se = gap.mean().item(), gap.std().item() / math.sqrt(n)
+            per_seed = ", ".join(f"{k:.3f}" for k in kls)
             rows.append(
-                f"| {toy} | {kind} | {num_params(flow)} | {kl:.3f} ± {se:.3f} | "
-                f"{-lq.mean().item():.3f} | {seconds:.0f} | {seconds / args.num_steps:.4f} |"
+                f"| {toy} | {name} | {n} | {mean:.3f} ± {se:.3f} | {per_seed} | "
+                f"{sum(times) / len(times):.3f} |"
             )
             print(rows[-1], flush=True)
     return rows
@@ -147,7 +202,7 @@ class SavedBytes:
 
 def memory_table(args: argparse.Namespace) -> list[str]:
     d = args.mem_dim
-    gen = torch.Generator().manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(0)
     scale = torch.linspace(0.5, 2.0, d)
     data = torch.randn(args.mem_batch * args.mem_steps, d, generator=gen) * scale
     variants = []
@@ -164,7 +219,7 @@ def memory_table(args: argparse.Namespace) -> list[str]:
         "|---|---:|---:|---:|",
     ]
     for label, kw in variants:
-        torch.manual_seed(args.seed)
+        torch.manual_seed(0)
         flow = normalizing_flow(
             "residual_flow",
             d,
@@ -172,11 +227,12 @@ def memory_table(args: argparse.Namespace) -> list[str]:
             hidden_dims=[args.mem_hidden, args.mem_hidden],
             lipschitz=args.lipschitz,
             inverse=True,
+            blocks=1,
             **kw,
         )
         opt = torch.optim.Adam(flow.parameters(), lr=1e-3)
         times, mems, losses = [], [], []
-        torch.manual_seed(args.seed + 1)  # the same roulette draws and probes for every variant
+        torch.manual_seed(1)  # the same roulette draws and probes for every variant
         for step, x in enumerate(data.split(args.mem_batch)):
             counter = SavedBytes()
             t0 = time.perf_counter()
