@@ -68,6 +68,17 @@ def fit_memmap(
 
     Returns:
         ``est``, fitted.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from pyro_flows.data import load_npy
+        >>> from pyro_flows.density import DensityEstimator
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     np.save(pathlib.Path(d) / "x.npy", np.random.default_rng(0).normal(size=(200, 2)))
+        ...     est = DensityEstimator("maf", num_steps=2, progress=False)
+        ...     est = fit_memmap(est, load_npy(pathlib.Path(d) / "x.npy"))
+        >>> est.info_
+        {'num_train': 150, 'num_val': 50, 'out_of_core': True}
     """
     if not isinstance(table, MemmapTable):
         table = MemmapTable(table)
