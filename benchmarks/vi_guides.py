@@ -65,7 +65,7 @@ import torch
 from pyro import poutine
 from pyro.distributions import constraints as pyro_constraints
 from pyro.infer import SVI, Trace_ELBO
-from pyro.infer.autoguide import AutoIAFNormal, AutoMultivariateNormal, AutoNormal
+from pyro.infer.autoguide import AutoIAFNormal, AutoMultivariateNormal, AutoNormal, init_to_median
 from pyro.optim import ClippedAdam
 from torch.distributions import constraints
 
@@ -423,7 +423,9 @@ class Posterior:
         return out
 
     def site_shapes(self) -> list[torch.Size]:
-        with poutine.block(), torch.no_grad():
+        # At the prior medians: a random prior draw can make an ODE model's solve blow up.
+        at_median = pyro.infer.autoguide.initialization.InitMessenger(init_to_median)
+        with poutine.block(), torch.no_grad(), at_median:
             trace = poutine.trace(self.model).get_trace(*self.args)
         return [trace.nodes[k]["value"].shape for k in self.sites]
 
