@@ -14,6 +14,7 @@ from . import (  # noqa: E402
     matching,
     models,
     nn,
+    sbi,
     training,
     transforms,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "matching",
     "models",
     "nn",
+    "sbi",
     "training",
     "transforms",
 ]
