@@ -369,8 +369,10 @@ class LipSwish(nn.Module):
 LIPSCHITZ_ACTIVATIONS: dict[str, type[nn.Module]] = {"elu": LipschitzELU, "lipswish": LipSwish}
 
 
-def _activation(name: str) -> nn.Module:
+def _activation(name: str, lipswish_beta: float = 1.0) -> nn.Module:
     check_choice(name, tuple(LIPSCHITZ_ACTIVATIONS), "activation")
+    if name == "lipswish":
+        return LipSwish(lipswish_beta)
     return LIPSCHITZ_ACTIVATIONS[name]()
 
 
@@ -703,6 +705,8 @@ class LipschitzMLP(LipschitzNetwork):
         activation: ``"elu"`` (:class:`LipschitzELU`) or ``"lipswish"`` (:class:`LipSwish`).
         max_power_iterations: The cap on power iterations per change of a weight.
         power_rtol: The relative tolerance of the power iteration.
+        lipswish_beta: The initial :math:`\beta` of the :class:`LipSwish` activations (used
+            with ``activation="lipswish"``).
 
     Example:
         >>> g = LipschitzMLP(3, [16], lipschitz=0.5)
@@ -722,6 +726,7 @@ class LipschitzMLP(LipschitzNetwork):
         activation: str = "elu",
         max_power_iterations: int = 50,
         power_rtol: float = 1e-6,
+        lipswish_beta: float = 1.0,
     ) -> None:
         check_positive_int(input_dim, "input_dim")
         hidden = check_hidden_dims(hidden_dims)
@@ -733,7 +738,7 @@ class LipschitzMLP(LipschitzNetwork):
         layers = [
             LipschitzLinear(a, b, lipschitz, **kw) for a, b in zip(dims, dims[1:], strict=False)
         ]
-        activations = [_activation(activation) for _ in hidden]
+        activations = [_activation(activation, lipswish_beta) for _ in hidden]
         super().__init__(layers, activations, (input_dim,), lipschitz)
         self.input_dim = input_dim
         self.context_dim = context_dim

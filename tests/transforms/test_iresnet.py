@@ -409,3 +409,20 @@ def test_layer_of_blocks_options():
     assert torch.isfinite(cond.condition(torch.randn(3)).inv(x[:, :2])).all()
     with pytest.raises(ValueError, match="blocks"):
         T.iresnet_layer(2, blocks=0)
+
+
+def test_residual_flow_starts_lipswish_at_the_default_beta():
+    from pyro_flows.nn import LipSwish
+    from pyro_flows.transforms.iresnet import LIPSWISH_BETA
+
+    acts = [m for m in T.residual_flow(2).modules() if isinstance(m, LipSwish)]
+    assert len(acts) == 2 and LIPSWISH_BETA == 5.0
+    assert all(torch.allclose(a.beta, torch.tensor(LIPSWISH_BETA)) for a in acts)
+    acts = [m for m in T.residual_flow(2, lipswish_beta=2.0).modules() if isinstance(m, LipSwish)]
+    assert all(torch.allclose(a.beta, torch.tensor(2.0)) for a in acts)
+    assert all(
+        torch.allclose(a.beta, torch.tensor(1.0))
+        for a in LipschitzMLP(2, [4], activation="lipswish").activations
+    )
+    with pytest.raises(ValueError, match="beta"):
+        T.residual_flow(2, lipswish_beta=0.0)
