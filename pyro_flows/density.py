@@ -24,6 +24,7 @@ from torch import Tensor
 
 from . import transforms as T
 from ._density_memmap import _seeded, fit_memmap
+from ._progress import progress_bar
 from ._validation import check_choice, check_hidden_dims, check_positive_int
 from .bases import _COVARIANCES, GaussianMixture
 from .data import MemmapTable
@@ -72,6 +73,8 @@ _BASES = ("normal", "gmm")
 _FORMAT = "pyro_flows.density.DensityEstimator"
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _CHUNK = 8192
+#: Rows drawn at once by DensityEstimator.sample.
+_SAMPLE_CHUNK = 65_536
 #: The hidden sizes of families with networks when ``hidden_dims`` is None.
 _DEFAULT_HIDDEN = (64, 64)
 
@@ -1300,15 +1303,33 @@ class DensityEstimator:
                 shape ``(C,)``, giving an array of shape ``(n_samples, D)``, or ``(m, C)``,
                 giving ``(n_samples, m, D)``.
             seed: Seeds the draw (without changing torch's global generator), or None.
+
+        Rows are drawn 65 536 at a time (with a progress bar when ``progress`` is set), so a
+        draw larger than memory allows for the flow's activations still runs.
         """
         self._check_fitted()
         check_positive_int(n_samples, "n_samples")
         c = self._context(context, None)
         if c is not None and np.ndim(context) == 1:
             c = c[0]
-        with _seeded(seed):
-            x = _scorer(self.flow_, self.lattice_).sample((n_samples,), c)
-        return x.double().cpu().numpy()
+        scorer = _scorer(self.flow_, self.lattice_)
+        # In chunks: a flow's activations for millions of rows at once would not fit in memory.
+        chunks = [min(_SAMPLE_CHUNK, n_samples - i) for i in range(0, n_samples, _SAMPLE_CHUNK)]
+        out = None
+        with (
+            _seeded(seed),
+            torch.no_grad(),
+            progress_bar(len(chunks), "sample", self.progress and len(chunks) > 1) as bar,
+        ):
+            start = 0
+            for size in chunks:
+                x = scorer.sample((size,), c).double().cpu().numpy()
+                if out is None:
+                    out = np.empty((n_samples, *x.shape[1:]))
+                out[start : start + size] = x
+                start += size
+                bar.update()
+        return out
 
     # -- persistence --------------------------------------------------------------------------
     def _meta(self) -> dict[str, Any]:
