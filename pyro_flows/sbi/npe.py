@@ -152,10 +152,11 @@ class NPE(PosteriorEstimator):
             raise ValueError(f"flow {flow!r} has no conditional variant; use one of {conditional}")
         if not family.invertible:
             raise ValueError(f"flow {flow!r} cannot score data (no inverse); NPE needs it")
-        if self.theta_dim < family.min_dim:
+        smallest = family.smallest_dim(context_dim=1)  # q(theta | x) always has a context
+        if self.theta_dim < smallest:
             raise ValueError(
-                f"flow {flow!r} needs at least {family.min_dim} parameters, the prior has "
-                f"{self.theta_dim}; use flow='spline' for one"
+                f"flow {flow!r} needs at least {smallest} parameters, the prior has "
+                f"{self.theta_dim}"
             )
         self.flow = flow
         self.num_layers = check_positive_int(num_layers, "num_layers")

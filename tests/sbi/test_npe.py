@@ -157,3 +157,16 @@ def test_fitted_npe_passes_sbc(npe):
     theta, x = simulate_pairs(300, seed=5)  # fresh pairs, not trained on
     result = sbc(npe, theta, x, num_posterior_samples=100)
     assert result.passed(), (result.chi2_pvalues, result.ks_pvalues)
+
+
+def test_npe_of_one_parameter_with_the_default_flow():
+    # A conditional MAF of one variable is an affine map whose shift and scale follow x.
+    torch.manual_seed(0)
+    prior = dist.Normal(torch.zeros(1), 1.0).to_event(1)
+    theta = prior.sample((600,))
+    x = theta + 0.3 * torch.randn_like(theta)
+    npe = NPE(prior, num_steps=300, progress=False, seed=0).fit(theta, x)
+    draws = npe.sample(2000, torch.tensor([1.0]))
+    # exact posterior: N(1 / (1 + 0.09), 0.09 / 1.09)
+    assert abs(float(draws.mean()) - 1 / 1.09) < 0.15
+    assert abs(float(draws.std()) - (0.09 / 1.09) ** 0.5) < 0.1
