@@ -96,8 +96,17 @@ class PosteriorEstimator:
     """
 
     _FORMAT = ""
-    #: The settings that a fit may override for one call.
-    _FIT_SETTINGS: tuple[str, ...] = ()
+    #: The training options every estimator takes (checked by ``_set_training``); a fit may
+    #: override them for one call.
+    _FIT_SETTINGS: tuple[str, ...] = (
+        "num_steps",
+        "batch_size",
+        "lr",
+        "val_fraction",
+        "patience",
+        "eval_every",
+        "clip_grad_norm",
+    )
 
     def __init__(
         self,
@@ -143,6 +152,33 @@ class PosteriorEstimator:
         self.x_dim_: int | None = None
         self.history_: list[Any] = []
         self.num_simulations_ = 0
+
+    def _set_training(
+        self,
+        *,
+        num_steps: int,
+        batch_size: int,
+        lr: float,
+        val_fraction: float,
+        patience: int | None,
+        eval_every: int,
+        clip_grad_norm: float | None,
+    ) -> None:
+        """Checks and records the training options of :attr:`_FIT_SETTINGS`."""
+        self.num_steps = check_positive_int(num_steps, "num_steps")
+        self.batch_size = check_positive_int(batch_size, "batch_size")
+        self.lr = lr
+        if not (isinstance(val_fraction, int | float) and 0 < val_fraction < 1):
+            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
+        self.val_fraction = val_fraction
+        if patience is not None:
+            check_positive_int(patience, "patience")
+        self.patience = patience
+        self.eval_every = check_positive_int(eval_every, "eval_every")
+        self.clip_grad_norm = clip_grad_norm
+
+    def _training_config(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self._FIT_SETTINGS}
 
     # -- checks ----------------------------------------------------------------------------------
     def _dtype(self) -> torch.dtype:

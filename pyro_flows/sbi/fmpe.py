@@ -140,15 +140,6 @@ class FMPE(PosteriorEstimator):
     """
 
     _FORMAT = "pyro_flows.sbi.FMPE"
-    _FIT_SETTINGS = (
-        "num_steps",
-        "batch_size",
-        "lr",
-        "val_fraction",
-        "patience",
-        "eval_every",
-        "clip_grad_norm",
-    )
 
     def __init__(
         self,
@@ -178,17 +169,15 @@ class FMPE(PosteriorEstimator):
         self.hidden_dims = check_hidden_dims(hidden_dims)
         self.activation = check_choice(activation, tuple(ACTIVATIONS), "activation")
         self.time_freqs = check_positive_int(time_freqs, "time_freqs", minimum=0)
-        self.num_steps = check_positive_int(num_steps, "num_steps")
-        self.batch_size = check_positive_int(batch_size, "batch_size")
-        self.lr = lr
-        if not (isinstance(val_fraction, int | float) and 0 < val_fraction < 1):
-            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
-        self.val_fraction = val_fraction
-        if patience is not None:
-            check_positive_int(patience, "patience")
-        self.patience = patience
-        self.eval_every = check_positive_int(eval_every, "eval_every")
-        self.clip_grad_norm = clip_grad_norm
+        self._set_training(
+            num_steps=num_steps,
+            batch_size=batch_size,
+            lr=lr,
+            val_fraction=val_fraction,
+            patience=patience,
+            eval_every=eval_every,
+            clip_grad_norm=clip_grad_norm,
+        )
         FlowMatchingPrior(VectorField(1, [1]), method=method, num_steps=ode_steps)  # checks
         self.method = method
         self.ode_steps = ode_steps
@@ -204,13 +193,7 @@ class FMPE(PosteriorEstimator):
             if isinstance(self.embedding_net, nn.Module)
             else self.embedding_net,
             "embedding_dim": self.embedding_dim,
-            "num_steps": self.num_steps,
-            "batch_size": self.batch_size,
-            "lr": self.lr,
-            "val_fraction": self.val_fraction,
-            "patience": self.patience,
-            "eval_every": self.eval_every,
-            "clip_grad_norm": self.clip_grad_norm,
+            **self._training_config(),
             "method": self.method,
             "ode_steps": self.ode_steps,
             "rtol": self.rtol,

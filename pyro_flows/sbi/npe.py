@@ -114,15 +114,6 @@ class NPE(PosteriorEstimator):
     """
 
     _FORMAT = "pyro_flows.sbi.NPE"
-    _FIT_SETTINGS = (
-        "num_steps",
-        "batch_size",
-        "lr",
-        "val_fraction",
-        "patience",
-        "eval_every",
-        "clip_grad_norm",
-    )
 
     def __init__(
         self,
@@ -162,13 +153,15 @@ class NPE(PosteriorEstimator):
         self.num_layers = check_positive_int(num_layers, "num_layers")
         self.hidden_dims = None if hidden_dims is None else check_hidden_dims(hidden_dims)
         self.flow_kwargs = dict(flow_kwargs or {})
-        self.num_steps = check_positive_int(num_steps, "num_steps")
-        self.batch_size = check_positive_int(batch_size, "batch_size")
-        self.lr = lr
-        self.val_fraction = val_fraction
-        self.patience = patience
-        self.eval_every = check_positive_int(eval_every, "eval_every")
-        self.clip_grad_norm = clip_grad_norm
+        self._set_training(
+            num_steps=num_steps,
+            batch_size=batch_size,
+            lr=lr,
+            val_fraction=val_fraction,
+            patience=patience,
+            eval_every=eval_every,
+            clip_grad_norm=clip_grad_norm,
+        )
 
     def _config(self) -> dict[str, Any]:
         return {
@@ -180,13 +173,7 @@ class NPE(PosteriorEstimator):
             else self.embedding_net,
             "embedding_dim": self.embedding_dim,
             "flow_kwargs": self.flow_kwargs,
-            "num_steps": self.num_steps,
-            "batch_size": self.batch_size,
-            "lr": self.lr,
-            "val_fraction": self.val_fraction,
-            "patience": self.patience,
-            "eval_every": self.eval_every,
-            "clip_grad_norm": self.clip_grad_norm,
+            **self._training_config(),
             "seed": self.seed,
             "progress": self.progress,
             "dtype": self.dtype,
