@@ -177,8 +177,17 @@ class PosteriorEstimator:
         self.eval_every = check_positive_int(eval_every, "eval_every")
         self.clip_grad_norm = clip_grad_norm
 
-    def _training_config(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self._FIT_SETTINGS}
+    def _common_config(self) -> dict[str, Any]:
+        """The settings every estimator saves: embedding, training options, seed, dtype."""
+        embedding = None if isinstance(self.embedding_net, nn.Module) else self.embedding_net
+        return {
+            "embedding_net": embedding,  # a module is not saved: load is given it again
+            "embedding_dim": self.embedding_dim,
+            **{name: getattr(self, name) for name in self._FIT_SETTINGS},
+            "seed": self.seed,
+            "progress": self.progress,
+            "dtype": self.dtype,
+        }
 
     # -- checks ----------------------------------------------------------------------------------
     def _dtype(self) -> torch.dtype:

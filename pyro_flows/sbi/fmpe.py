@@ -189,18 +189,11 @@ class FMPE(PosteriorEstimator):
             "hidden_dims": self.hidden_dims,
             "activation": self.activation,
             "time_freqs": self.time_freqs,
-            "embedding_net": None
-            if isinstance(self.embedding_net, nn.Module)
-            else self.embedding_net,
-            "embedding_dim": self.embedding_dim,
-            **self._training_config(),
             "method": self.method,
             "ode_steps": self.ode_steps,
             "rtol": self.rtol,
             "atol": self.atol,
-            "seed": self.seed,
-            "progress": self.progress,
-            "dtype": self.dtype,
+            **self._common_config(),
         }
 
     def _build(self, x_dim: int) -> PosteriorField:

@@ -168,15 +168,8 @@ class NPE(PosteriorEstimator):
             "flow": self.flow,
             "num_layers": self.num_layers,
             "hidden_dims": self.hidden_dims,
-            "embedding_net": None
-            if isinstance(self.embedding_net, nn.Module)
-            else self.embedding_net,
-            "embedding_dim": self.embedding_dim,
             "flow_kwargs": self.flow_kwargs,
-            **self._training_config(),
-            "seed": self.seed,
-            "progress": self.progress,
-            "dtype": self.dtype,
+            **self._common_config(),
         }
 
     def _build(self, x_dim: int) -> NormalizingFlow:
