@@ -24,7 +24,37 @@ __all__ = [
     "affine_coupling",
     "conditional_affine_coupling",
     "coupling_mask",
+    "soft_log_scale",
 ]
+
+#: Where the affine map :math:`x_B \odot e^s + t` acts: towards the data or towards the noise.
+DIRECTIONS = ("sample", "density")
+#: How the log-scale bound is applied: :func:`~pyro_flows.transforms.base.bounded_log_scale`
+#: or :func:`soft_log_scale`.
+LOG_SCALE_CLAMPS = ("tanh", "soft")
+
+
+def soft_log_scale(raw: Tensor, bound: float) -> Tensor:
+    r"""Maps a raw output to a log-scale in :math:`(-b, b)` with a rational soft clamp.
+
+    .. math:: s = \frac{r}{1 + |r| / b}
+
+    The identity near 0 like :math:`b \tanh(r / b)`, but its slope
+    :math:`(1 + |r| / b)^{-2}` falls off from the start (at :math:`r = b/2` it is 0.44 where
+    tanh's is 0.79) and it approaches the bound only as :math:`b - b^2 / |r|`, so large raw
+    outputs move the log-scale less and never stop moving it. With :math:`b = \ln 10^3`
+    (:data:`SOFT_LOG_SCALE_BOUND`), the bound on a layer's scale is
+    :math:`[10^{-3}, 10^3]`.
+
+    Example:
+        >>> soft_log_scale(torch.tensor([0.0, 1.0, 1e6]), 2.0)
+        tensor([0.0000, 0.6667, 2.0000])
+    """
+    return raw / (1 + raw.abs() / bound)
+
+
+#: The bound of :func:`soft_log_scale` used by the density defaults: scales in [1e-3, 1e3].
+SOFT_LOG_SCALE_BOUND = 6.907755278982137
 
 
 def coupling_mask(
@@ -69,14 +99,22 @@ def coupling_mask(
 class AffineCoupling(FlowTransform):
     r"""Affine coupling layer of RealNVP.
 
-    With :math:`x_A` the features selected by the mask and :math:`x_B` the others,
+    With :math:`x_A` the features selected by the mask and :math:`x_B` the others (:math:`x` on
+    the noise side, :math:`y` on the data side), ``direction="sample"`` (RealNVP's and Pyro's
+    form) is
 
     .. math:: y_A = x_A, \qquad y_B = x_B \odot e^{s(x_A)} + t(x_A), \qquad
               \log|\det J| = \textstyle\sum_i s_i(x_A),
 
-    with the log-scale bounded smoothly, :math:`s = b \tanh(\tilde s / b)`, so that no layer
-    can blow up or collapse a direction. Both directions and the log-determinant cost one
-    network pass.
+    and ``direction="density"`` puts the same affine map on the way from data to noise (the
+    form of MAF and of zuko's coupling), :math:`x_B = y_B \odot e^{s(y_A)} + t(y_A)`, so
+    :math:`\log|\det J| = -\sum_i s_i`. Both give the same family of maps; they differ in how
+    the shift and the scale enter the gradient, which matters in training (docs/benchmarks.md,
+    affine coupling). The log-scale is bounded smoothly, so that no layer can blow up or
+    collapse a direction: ``log_scale_clamp="tanh"`` gives :math:`s = b \tanh(\tilde s / b)`,
+    ``"soft"`` gives :math:`s = \tilde s / (1 + |\tilde s| / b)`, which saturates more slowly
+    and damps large raw outputs more. Both directions and the log-determinant cost one network
+    pass.
 
     Arguments:
         input_dim: The event size :math:`D \ge 2` (:math:`D \ge 1` with a context).
@@ -87,9 +125,12 @@ class AffineCoupling(FlowTransform):
         log_scale_bound: The bound :math:`b` of the log-scale, or None for no bound.
         context: A context passed to ``conditioner`` (set by
             :meth:`ConditionalAffineCoupling.condition`).
+        direction: ``"sample"`` or ``"density"``: the side on which :math:`x_B \odot e^s + t`
+            is applied (see above).
+        log_scale_clamp: ``"tanh"`` or ``"soft"``: how the bound :math:`b` is applied.
 
     Example:
-        >>> t = affine_coupling(4, hidden_dims=[16])
+        >>> t = affine_coupling(4, hidden_dims=[16], direction="density", identity_init=False)
         >>> x = torch.randn(10, 4)
         >>> torch.allclose(t.inv(t(x).clone()), x, atol=1e-6)
         True
@@ -107,12 +148,16 @@ class AffineCoupling(FlowTransform):
         log_scale_bound: float | None = 5.0,
         context: Tensor | None = None,
         cache_size: int = 1,
+        direction: str = "sample",
+        log_scale_clamp: str = "tanh",
     ) -> None:
         super().__init__(input_dim, cache_size=cache_size)
         mask = coupling_mask(input_dim, mask, conditional=context is not None)
         self.conditioner = conditioner
         self.log_scale_bound = check_log_scale_bound(log_scale_bound)
         self.context = context
+        self.direction = check_choice(direction, DIRECTIONS, "direction")
+        self.log_scale_clamp = check_choice(log_scale_clamp, LOG_SCALE_CLAMPS, "log_scale_clamp")
         idx = torch.arange(input_dim)
         self.register_buffer("mask", mask)
         self.register_buffer("idx_a", idx[mask])
@@ -125,26 +170,39 @@ class AffineCoupling(FlowTransform):
         else:
             x_a, context = broadcast_context(x_a, self.context)
             shift, raw = self.conditioner(x_a, context)
+        if self.log_scale_clamp == "soft" and self.log_scale_bound is not None:
+            return shift, soft_log_scale(raw, self.log_scale_bound)
         return shift, bounded_log_scale(raw, self.log_scale_bound)
+
+    def _forward_ladj(self, log_scale: Tensor) -> Tensor:
+        # the noise-to-data log-determinant: +sum(s) when the affine acts towards the data
+        ladj = log_scale.sum(-1)
+        return ladj if self.direction == "sample" else -ladj
 
     def _call_and_ladj(self, x: Tensor) -> tuple[Tensor, Deferred]:
         x_a, x_b = x[..., self.idx_a], x[..., self.idx_b]
         shift, log_scale = self._shift_and_log_scale(x_a)
-        y_b = x_b * log_scale.exp() + shift
+        if self.direction == "sample":
+            y_b = x_b * log_scale.exp() + shift
+        else:
+            y_b = (x_b - shift) * torch.exp(-log_scale)
         x_a = x_a.expand(y_b.shape[:-1] + x_a.shape[-1:])
         return torch.cat([x_a, y_b], dim=-1)[..., self.unsplit], Deferred(
-            lambda: log_scale.sum(-1)
+            lambda: self._forward_ladj(log_scale)
         )
 
     def _inverse_and_ladj(self, y: Tensor) -> tuple[Tensor, Tensor]:
         y_a, y_b = y[..., self.idx_a], y[..., self.idx_b]
         shift, log_scale = self._shift_and_log_scale(y_a)
-        x_b = (y_b - shift) * torch.exp(-log_scale)
+        if self.direction == "sample":
+            x_b = (y_b - shift) * torch.exp(-log_scale)
+        else:
+            x_b = y_b * log_scale.exp() + shift
         y_a = y_a.expand(x_b.shape[:-1] + y_a.shape[-1:])
-        return torch.cat([y_a, x_b], dim=-1)[..., self.unsplit], log_scale.sum(-1)
+        return torch.cat([y_a, x_b], dim=-1)[..., self.unsplit], self._forward_ladj(log_scale)
 
     def _ladj(self, x: Tensor, y: Tensor) -> Tensor:
-        return self._shift_and_log_scale(x[..., self.idx_a])[1].sum(-1)
+        return self._forward_ladj(self._shift_and_log_scale(x[..., self.idx_a])[1])
 
 
 class ConditionalAffineCoupling(ConditionalFlowTransform):
@@ -162,6 +220,8 @@ class ConditionalAffineCoupling(ConditionalFlowTransform):
         mask: A boolean tensor of shape ``(D,)``; True marks the unchanged features.
         conditioner: A module mapping ``(x_A, context)`` to :math:`(t, \tilde s)`.
         log_scale_bound: The bound of the log-scale, or None.
+        direction: ``"sample"`` or ``"density"`` (see :class:`AffineCoupling`).
+        log_scale_clamp: ``"tanh"`` or ``"soft"`` (see :class:`AffineCoupling`).
 
     Example:
         >>> t = conditional_affine_coupling(4, 3, hidden_dims=[16])
@@ -180,23 +240,37 @@ class ConditionalAffineCoupling(ConditionalFlowTransform):
         mask: Tensor,
         conditioner: nn.Module,
         log_scale_bound: float | None = 5.0,
+        direction: str = "sample",
+        log_scale_clamp: str = "tanh",
     ) -> None:
         super().__init__(input_dim, context_dim)
         self.register_buffer("mask", coupling_mask(input_dim, mask, conditional=True))
         self.conditioner = conditioner
         self.log_scale_bound = check_log_scale_bound(log_scale_bound)
+        self.direction = check_choice(direction, DIRECTIONS, "direction")
+        self.log_scale_clamp = check_choice(log_scale_clamp, LOG_SCALE_CLAMPS, "log_scale_clamp")
 
     def _condition(self, context: Tensor) -> AffineCoupling:
         return AffineCoupling(
-            self.input_dim, self.mask, self.conditioner, self.log_scale_bound, context=context
+            self.input_dim,
+            self.mask,
+            self.conditioner,
+            self.log_scale_bound,
+            context=context,
+            direction=self.direction,
+            log_scale_clamp=self.log_scale_clamp,
         )
 
 
-def _zero_last_layer(net: nn.Module) -> nn.Module:
-    # Start every coupling layer at the identity map (as Glow and RealNVP implementations do).
-    last = net.layers[-1]
-    nn.init.zeros_(last.weight)
-    nn.init.zeros_(last.bias)
+def _start(net: nn.Module, identity_init: bool) -> nn.Module:
+    # identity_init: start the layer at the identity map (as Glow and RealNVP implementations
+    # do) by zeroing the last layer; else keep torch's default init of every layer.
+    if not isinstance(identity_init, bool):
+        raise TypeError(f"identity_init must be True or False, got {identity_init!r}")
+    if identity_init:
+        last = net.layers[-1]
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
     return net
 
 
@@ -207,6 +281,10 @@ def affine_coupling(
     flip: bool = False,
     log_scale_bound: float | None = 5.0,
     residual: bool = False,
+    *,
+    direction: str = "sample",
+    log_scale_clamp: str = "tanh",
+    identity_init: bool = True,
 ) -> AffineCoupling:
     r"""Builds an :class:`AffineCoupling` with a dense conditioner (:class:`pyro_flows.nn.DenseNN`).
 
@@ -219,12 +297,23 @@ def affine_coupling(
         flip: Swap which features are transformed.
         log_scale_bound: The bound of the log-scale, or None.
         residual: Residual hidden layers (all of one width): :math:`h \leftarrow h + W f(h) + b`.
+        direction: ``"sample"`` or ``"density"`` (see :class:`AffineCoupling`).
+        log_scale_clamp: ``"tanh"`` or ``"soft"`` (see :class:`AffineCoupling`).
+        identity_init: Zero the conditioner's last layer, so the layer starts at the identity
+            (the start a variational guide wants); False keeps torch's random init of it.
     """
     m = coupling_mask(input_dim, mask, flip)
     hidden = check_hidden_dims(hidden_dims or default_hidden_dims(input_dim))
     n_a = int(m.sum())
     net = DenseNN(n_a, hidden, param_dims=[input_dim - n_a, input_dim - n_a], residual=residual)
-    return AffineCoupling(input_dim, m, _zero_last_layer(net), log_scale_bound)
+    return AffineCoupling(
+        input_dim,
+        m,
+        _start(net, identity_init),
+        log_scale_bound,
+        direction=direction,
+        log_scale_clamp=log_scale_clamp,
+    )
 
 
 def conditional_affine_coupling(
@@ -235,6 +324,10 @@ def conditional_affine_coupling(
     flip: bool = False,
     log_scale_bound: float | None = 5.0,
     residual: bool = False,
+    *,
+    direction: str = "sample",
+    log_scale_clamp: str = "tanh",
+    identity_init: bool = True,
 ) -> ConditionalAffineCoupling:
     r"""Builds a :class:`ConditionalAffineCoupling` (conditioner :class:`pyro_flows.nn.ConditionalDenseNN`).
 
@@ -247,6 +340,10 @@ def conditional_affine_coupling(
         flip: Swap which features are transformed.
         log_scale_bound: The bound of the log-scale, or None.
         residual: Residual hidden layers (all of one width): :math:`h \leftarrow h + W f(h) + b`.
+        direction: ``"sample"`` or ``"density"`` (see :class:`AffineCoupling`).
+        log_scale_clamp: ``"tanh"`` or ``"soft"`` (see :class:`AffineCoupling`).
+        identity_init: Zero the conditioner's last layer, so the layer starts at the identity
+            (the start a variational guide wants); False keeps torch's random init of it.
     """
     m = coupling_mask(input_dim, mask, flip, conditional=True)
     check_positive_int(context_dim, "context_dim")
@@ -256,5 +353,11 @@ def conditional_affine_coupling(
         n_a, context_dim, hidden, param_dims=[input_dim - n_a, input_dim - n_a], residual=residual
     )
     return ConditionalAffineCoupling(
-        input_dim, context_dim, m, _zero_last_layer(net), log_scale_bound
+        input_dim,
+        context_dim,
+        m,
+        _start(net, identity_init),
+        log_scale_bound,
+        direction=direction,
+        log_scale_clamp=log_scale_clamp,
     )

@@ -87,6 +87,14 @@ TRANSFORMS = {
     "affine_coupling_alternate": Case(
         lambda d: T.affine_coupling(d, hidden_dims=[24], mask="alternate", flip=True), min_dim=2
     ),
+    # the density-estimation form: the affine map acts from data to noise, soft clamp, random
+    # start (a non-identity start exercises the log-determinant's sign)
+    "affine_coupling_density": Case(
+        lambda d: T.affine_coupling(
+            d, hidden_dims=[24], direction="density", log_scale_clamp="soft", identity_init=False
+        ),
+        min_dim=2,
+    ),
     "maf": Case(lambda d: T.maf(d, hidden_dims=[24]), min_dim=2),
     "maf_random_order": Case(lambda d: T.maf(d, hidden_dims=[24], order="random"), min_dim=2),
     "iaf": Case(lambda d: T.iaf(d, hidden_dims=[24]), min_dim=2),
@@ -99,6 +107,11 @@ TRANSFORMS = {
     # conditional layers accept D = 1: an affine map (or spline) whose parameters see c only
     "conditional_affine_coupling": Case(
         lambda d: T.conditional_affine_coupling(d, CONTEXT_DIM, hidden_dims=[24])
+    ),
+    "conditional_affine_coupling_density": Case(
+        lambda d: T.conditional_affine_coupling(
+            d, CONTEXT_DIM, hidden_dims=[24], direction="density", identity_init=False
+        )
     ),
     "conditional_maf": Case(lambda d: T.conditional_maf(d, CONTEXT_DIM, hidden_dims=[24])),
     "conditional_iaf": Case(lambda d: T.conditional_iaf(d, CONTEXT_DIM, hidden_dims=[24])),
